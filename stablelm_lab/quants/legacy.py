@@ -1,0 +1,276 @@
+"""The legacy formats: 32 weights per block, one fp16 scale d (and a min m for the _1 types).
+
+    Q4_0  18 bytes  d | qs[16]                   x = (q - 8)·d          q in 0..15
+    Q4_1  20 bytes  d | m | qs[16]               x = q·d + m            q in 0..15
+    Q5_0  22 bytes  d | qh[4] | qs[16]           x = (q - 16)·d         q in 0..31
+    Q5_1  24 bytes  d | m | qh[4] | qs[16]       x = q·d + m            q in 0..31
+    Q8_0  34 bytes  d | qs[32] (int8)            x = q·d
+
+The nibbles are not interleaved: byte qs[j] holds weight j in its low nibble and weight j+16 in its
+high nibble. For the 5-bit types, bit j of the little-endian uint32 qh is the fifth bit of weight j.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .base import QuantFormat, f16, i8, struct, u8
+from .rounding import round_away_from_zero
+
+
+# ---- nibbles and the fifth bit, shared by the 4- and 5-bit types ----------------------------------
+def split_nibbles(qs: np.ndarray) -> np.ndarray:
+    """(..., 16) bytes -> (..., 32) values: low nibbles are weights 0..15, high nibbles 16..31."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def join_nibbles(q: np.ndarray) -> np.ndarray:
+    """(..., 32) values in 0..15 -> (..., 16) bytes, the inverse of split_nibbles."""
+    return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
+
+
+def fifth_bits(qh: np.ndarray) -> np.ndarray:
+    """(..., 4) bytes of a little-endian uint32 -> (..., 32) values 0 or 16: bit j belongs to weight j."""
+    bits = np.unpackbits(qh, axis=-1, bitorder="little")
+    return bits << 4
+
+
+def pack_fifth_bits(q: np.ndarray) -> np.ndarray:
+    """(..., 32) values in 0..31 -> (..., 4) bytes holding bit 4 of each value."""
+    return np.packbits((q >> 4) & 1, axis=-1, bitorder="little")
+
+
+def _torch_nibbles(qs):
+    import torch
+    return torch.cat([qs & 0x0F, qs >> 4], dim=-1)
+
+
+def _torch_fifth_bits(qh):
+    import torch
+    shifts = torch.arange(8, device=qh.device, dtype=torch.uint8)
+    bits = (qh.unsqueeze(-1) >> shifts) & 1            # (n, 4, 8): byte b, bit s -> weight 8b + s
+    return bits.reshape(*qh.shape[:-1], 32) << 4
+
+
+class Q4_0(QuantFormat):
+    """Q4_0: 32 weights in 18 bytes (4.5 bits per weight), symmetric.
+
+    bytes 0-1   d       fp16 scale
+    bytes 2-17  qs[16]  byte j = weight j (low nibble) | weight j+16 (high nibble)
+
+    decode: x = (q - 8) · d
+    encode: d = max / -8, where max is the signed value of largest magnitude, so that it maps to q = 0;
+            q = min(15, trunc(x/d + 8.5)).
+    """
+
+    qtype = T.Q4_0
+    block_dtype = struct(f16("d"), u8("qs", 16))
+
+    def dequantize_block(self, block):
+        d = np.float32(block["d"])
+        y = np.empty(32, dtype=np.float32)
+        for j in range(16):
+            y[j] = np.float32((int(block["qs"][j]) & 0x0F) - 8) * d
+            y[j + 16] = np.float32((int(block["qs"][j]) >> 4) - 8) * d
+        return y
+
+    def dequantize_blocks(self, blocks):
+        q = split_nibbles(blocks["qs"]).view(np.int8) - np.int8(8)
+        return q.astype(np.float32) * blocks["d"].astype(np.float32)[:, None]
+
+    def dequantize_blocks_torch(self, blocks):
+        import torch
+        q = _torch_nibbles(self.torch_field(blocks, "qs")).to(torch.int8) - 8
+        return q.float() * self.torch_field(blocks, "d").float()[:, None]
+
+    def quantize_blocks(self, x):
+        signed_max = _signed_absmax(x)
+        d = signed_max / np.float32(-8)
+        q = np.minimum(15, _trunc_int8(x * _inverse(d)[:, None] + np.float32(8.5)))
+        out = np.empty(len(x), self.block_dtype)
+        out["d"] = d
+        out["qs"] = join_nibbles(q.astype(np.uint8))
+        return out
+
+
+class Q4_1(QuantFormat):
+    """Q4_1: 32 weights in 20 bytes (5 bits per weight), with a min.
+
+    bytes 0-1   d       fp16 scale
+    bytes 2-3   m       fp16 min (the block's smallest weight)
+    bytes 4-19  qs[16]  nibbles as in Q4_0
+
+    decode: x = q · d + m
+    encode: d = (max - min) / 15, q = min(15, trunc((x - min)/d + 0.5)).
+    """
+
+    qtype = T.Q4_1
+    block_dtype = struct(f16("d"), f16("m"), u8("qs", 16))
+
+    def dequantize_block(self, block):
+        d, m = np.float32(block["d"]), np.float32(block["m"])
+        y = np.empty(32, dtype=np.float32)
+        for j in range(16):
+            y[j] = np.float32(int(block["qs"][j]) & 0x0F) * d + m
+            y[j + 16] = np.float32(int(block["qs"][j]) >> 4) * d + m
+        return y
+
+    def dequantize_blocks(self, blocks):
+        q = split_nibbles(blocks["qs"]).astype(np.float32)
+        return q * blocks["d"].astype(np.float32)[:, None] + blocks["m"].astype(np.float32)[:, None]
+
+    def dequantize_blocks_torch(self, blocks):
+        q = _torch_nibbles(self.torch_field(blocks, "qs")).float()
+        d = self.torch_field(blocks, "d").float()[:, None]
+        m = self.torch_field(blocks, "m").float()[:, None]
+        return q * d + m
+
+    def quantize_blocks(self, x):
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        d = (hi - lo) / np.float32(15)
+        q = np.minimum(15, _trunc_int8((x - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5)))
+        out = np.empty(len(x), self.block_dtype)
+        out["d"], out["m"] = d, lo
+        out["qs"] = join_nibbles(q.astype(np.uint8))
+        return out
+
+
+class Q5_0(QuantFormat):
+    """Q5_0: 32 weights in 22 bytes (5.5 bits per weight), symmetric.
+
+    bytes 0-1   d       fp16 scale
+    bytes 2-5   qh[4]   the fifth bit of each weight: bit j of the little-endian uint32 is weight j's
+    bytes 6-21  qs[16]  the low four bits, nibbles as in Q4_0
+
+    decode: x = (q - 16) · d
+    encode: d = max / -16, q = min(31, trunc(x/d + 16.5)).
+    """
+
+    qtype = T.Q5_0
+    block_dtype = struct(f16("d"), u8("qh", 4), u8("qs", 16))
+
+    def dequantize_block(self, block):
+        d = np.float32(block["d"])
+        qh = int.from_bytes(block["qh"].tobytes(), "little")
+        y = np.empty(32, dtype=np.float32)
+        for j in range(16):
+            high_0 = ((qh >> j) & 1) << 4
+            high_1 = ((qh >> (j + 16)) & 1) << 4
+            y[j] = np.float32(((int(block["qs"][j]) & 0x0F) | high_0) - 16) * d
+            y[j + 16] = np.float32(((int(block["qs"][j]) >> 4) | high_1) - 16) * d
+        return y
+
+    def dequantize_blocks(self, blocks):
+        q = (split_nibbles(blocks["qs"]) | fifth_bits(blocks["qh"])).view(np.int8) - np.int8(16)
+        return q.astype(np.float32) * blocks["d"].astype(np.float32)[:, None]
+
+    def dequantize_blocks_torch(self, blocks):
+        import torch
+        q = _torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
+        return (q.to(torch.int8) - 16).float() * self.torch_field(blocks, "d").float()[:, None]
+
+    def quantize_blocks(self, x):
+        d = _signed_absmax(x) / np.float32(-16)
+        q = np.minimum(31, _trunc_int8(x * _inverse(d)[:, None] + np.float32(16.5))).astype(np.uint8)
+        out = np.empty(len(x), self.block_dtype)
+        out["d"] = d
+        out["qh"] = pack_fifth_bits(q)
+        out["qs"] = join_nibbles(q & 0x0F)
+        return out
+
+
+class Q5_1(QuantFormat):
+    """Q5_1: 32 weights in 24 bytes (6 bits per weight), with a min.
+
+    bytes 0-1   d       fp16 scale
+    bytes 2-3   m       fp16 min
+    bytes 4-7   qh[4]   fifth bits as in Q5_0
+    bytes 8-23  qs[16]  low four bits as in Q4_0
+
+    decode: x = q · d + m
+    encode: d = (max - min) / 31, q = trunc((x - min)/d + 0.5) (ggml does not clamp here).
+    """
+
+    qtype = T.Q5_1
+    block_dtype = struct(f16("d"), f16("m"), u8("qh", 4), u8("qs", 16))
+
+    def dequantize_block(self, block):
+        d, m = np.float32(block["d"]), np.float32(block["m"])
+        qh = int.from_bytes(block["qh"].tobytes(), "little")
+        y = np.empty(32, dtype=np.float32)
+        for j in range(16):
+            high_0 = ((qh >> j) & 1) << 4
+            high_1 = ((qh >> (j + 16)) & 1) << 4
+            y[j] = np.float32((int(block["qs"][j]) & 0x0F) | high_0) * d + m
+            y[j + 16] = np.float32((int(block["qs"][j]) >> 4) | high_1) * d + m
+        return y
+
+    def dequantize_blocks(self, blocks):
+        q = (split_nibbles(blocks["qs"]) | fifth_bits(blocks["qh"])).astype(np.float32)
+        return q * blocks["d"].astype(np.float32)[:, None] + blocks["m"].astype(np.float32)[:, None]
+
+    def dequantize_blocks_torch(self, blocks):
+        q = _torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
+        d = self.torch_field(blocks, "d").float()[:, None]
+        m = self.torch_field(blocks, "m").float()[:, None]
+        return q.float() * d + m
+
+    def quantize_blocks(self, x):
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        d = (hi - lo) / np.float32(31)
+        q = _trunc_int8((x - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5)).astype(np.uint8)
+        out = np.empty(len(x), self.block_dtype)
+        out["d"], out["m"] = d, lo
+        out["qh"] = pack_fifth_bits(q)
+        out["qs"] = join_nibbles(q & 0x0F)
+        return out
+
+
+class Q8_0(QuantFormat):
+    """Q8_0: 32 weights in 34 bytes (8.5 bits per weight).
+
+    bytes 0-1   d       fp16 scale
+    bytes 2-33  qs[32]  int8 weights
+
+    decode: x = q · d
+    encode: d = amax / 127, q = roundf(x/d) (halves away from zero).
+    """
+
+    qtype = T.Q8_0
+    block_dtype = struct(f16("d"), i8("qs", 32))
+
+    def dequantize_block(self, block):
+        d = np.float32(block["d"])
+        return np.array([np.float32(q) * d for q in block["qs"]], dtype=np.float32)
+
+    def dequantize_blocks(self, blocks):
+        return blocks["qs"].astype(np.float32) * blocks["d"].astype(np.float32)[:, None]
+
+    def dequantize_blocks_torch(self, blocks):
+        return self.torch_field(blocks, "qs").float() * self.torch_field(blocks, "d").float()[:, None]
+
+    def quantize_blocks(self, x):
+        d = np.abs(x).max(axis=1) / np.float32(127)
+        out = np.empty(len(x), self.block_dtype)
+        out["d"] = d
+        out["qs"] = round_away_from_zero(x * _inverse(d)[:, None])
+        return out
+
+
+# ---- encode helpers: float32 arithmetic as ggml's C does it ---------------------------------------
+def _signed_absmax(x: np.ndarray) -> np.ndarray:
+    """Per row, the value of largest magnitude with its sign (the first one on ties, as C's strict <)."""
+    return np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)[:, 0]
+
+
+def _inverse(d: np.ndarray) -> np.ndarray:
+    """C's ``id = d ? 1.0f/d : 0.0f``."""
+    with np.errstate(divide="ignore"):
+        return np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+
+
+def _trunc_int8(v: np.ndarray) -> np.ndarray:
+    """C's ``(int8_t)v``: truncation toward zero (ggml keeps v inside int8 range)."""
+    with np.errstate(invalid="ignore"):
+        return np.trunc(v).astype(np.int32)
