@@ -16,8 +16,11 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-#: Blocks decoded per step of the vectorized kernels: small enough that the temporaries stay in cache.
+#: Weights decoded per step of the vectorized numpy kernels: small enough that the temporaries stay in
+#: cache and are reused instead of being fresh (page-faulting) memory at every step.
 CHUNK_WEIGHTS = 1 << 16
+#: The same for torch on the CPU, where each step costs more Python overhead. On a GPU: one step.
+CHUNK_WEIGHTS_TORCH_CPU = 1 << 20
 
 
 class QuantFormat:
@@ -94,7 +97,13 @@ class QuantFormat:
             raise ValueError(f"{self.name} data must be uint8 bytes, got a {raw.dtype} tensor")
         self._check_row_bytes(tuple(raw.shape))
         blocks = raw.reshape(-1, self.type_size)
-        out = self.dequantize_blocks_torch(blocks)
+        if raw.device.type != "cpu":
+            out = self.dequantize_blocks_torch(blocks)
+        else:
+            out = torch.empty((len(blocks), self.block_size), dtype=torch.float32)
+            step = max(1, CHUNK_WEIGHTS_TORCH_CPU // self.block_size)
+            for start in range(0, len(blocks), step):
+                out[start:start + step] = self.dequantize_blocks_torch(blocks[start:start + step])
         return out.reshape(self._weights_shape(tuple(raw.shape)))
 
     def quantize(self, x) -> np.ndarray:
