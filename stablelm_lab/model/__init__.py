@@ -1,0 +1,9 @@
+"""StableLM in readable torch: layers.py (one class per idea), model.py (the stack), loading.py (from GGUF)."""
+
+from .cache import KVCache
+from .hooks import Tap
+from .layers import MLP, Attention, Block, Embedding, LayerNorm, Linear, Rotary
+from .model import StableLM
+
+__all__ = ["StableLM", "KVCache", "Tap", "Attention", "Block", "Embedding", "LayerNorm", "Linear", "MLP",
+           "Rotary"]

@@ -1,0 +1,74 @@
+"""Fill a StableLM with the tensors of a GGUF file, whatever mix of ggml types it holds.
+
+Every tensor goes through ``stablelm_lab.quants``' torch kernels: its raw uint8 rows are copied to the
+device and decoded there. With ``lean=True`` the quantized matrices stay as bytes and each forward decodes
+them (so StableLM-3B in Q4_K_M needs ~2 GB instead of ~11 GB in float32).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..gguf_file import GGUFError, GGUFFile
+from .layers import GGUFWeights
+from .model import gguf_name
+
+PROGRESS_BAR_BYTES = 256 << 20  # show a progress bar for files larger than this
+
+
+def load_gguf(cls, path_or_file, dtype=torch.float32, device="cpu", lean=False, progress=None):
+    g = path_or_file if isinstance(path_or_file, GGUFFile) else GGUFFile(path_or_file)
+    model = cls(g.config, dtype=dtype)
+    slots = weight_slots(model)
+    missing = sorted(set(slots) - set(g.tensor_info))
+    if missing:
+        raise GGUFError(f"{g.path} lacks tensors a StableLM needs: {', '.join(missing[:5])}"
+                        + (" ..." if len(missing) > 5 else ""))
+    names = [t.name for t in g.tensors if t.name in slots]  # extra tensors (rope_freqs...) are unused
+    for name in _progress(names, g, progress):
+        module, attr = slots[name]
+        info = g.tensor_info[name]
+        if info.shape != module._shape(attr):
+            raise GGUFError(f"{g.path}: tensor {name} has shape {info.shape}, "
+                            f"the config says {module._shape(attr)}")
+        module.load(attr, _to_torch(g.raw(name), device), info.qtype, dtype, lean=lean)
+    return model.to(device).eval()
+
+
+def weight_slots(model) -> dict[str, tuple[GGUFWeights, str]]:
+    """GGUF tensor name -> (module, "weight" or "bias") for every tensor the model needs."""
+    slots = {}
+    for path, module in model.named_modules():
+        if isinstance(module, GGUFWeights):
+            slots[f"{gguf_name(path)}.weight"] = (module, "weight")
+            if module.has_bias:
+                slots[f"{gguf_name(path)}.bias"] = (module, "bias")
+    return slots
+
+
+def _to_torch(raw: np.ndarray, device) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor on ``device`` (on the CPU a copy, so the file can close)."""
+    with warnings.catch_warnings():  # the memmap is read-only; .to()/.clone() below copies it
+        warnings.simplefilter("ignore", UserWarning)
+        view = torch.from_numpy(raw)
+    return view.to(device) if torch.device(device).type != "cpu" else view.clone()
+
+
+def _progress(names, g, progress):
+    total = sum(g.tensor_info[n].nbytes for n in names)
+    show = total > PROGRESS_BAR_BYTES if progress is None else progress
+    if not show:
+        return names
+    from tqdm.auto import tqdm
+
+    return _bytes_bar(names, g, tqdm(total=total, unit="B", unit_scale=True, desc="loading weights"))
+
+
+def _bytes_bar(names, g, bar):
+    with bar:
+        for name in names:
+            yield name
+            bar.update(g.tensor_info[name].nbytes)

@@ -1,0 +1,94 @@
+"""StableLM: token embedding, a stack of blocks, a final LayerNorm and the output head.
+
+    model = StableLM.from_gguf("stablelm-3b-4e1t.Q4_K_M.gguf")          # any mix of tensor types
+    logits = model(ids)                                                 # (B, T, n_vocab)
+    logits, acts = model.run_with_cache(ids)                            # acts["blk.0.Qcur"], ...
+    logits = model.run_with_hooks(ids, {"blk.5.attn_out": lambda x: 0 * x})
+    model.weight_types["blk.0.ffn_down.weight"]                         # GGMLQuantizationType.Q6_K
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import StableLMConfig
+from .cache import KVCache
+from .hooks import NO_TAP, Hook, Tap
+from .layers import Block, Embedding, GGUFWeights, LayerNorm, Linear
+
+
+class StableLM(nn.Module):
+    def __init__(self, config: StableLMConfig, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.config = config
+        self.token_embd = Embedding(config.n_vocab, config.n_embd, dtype)
+        self.blk = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        self.output_norm = LayerNorm((config.n_embd,), config.norm_eps)
+        self.output = Linear(config.n_embd, config.n_vocab)
+
+    def forward(self, input_ids, cache: KVCache | None = None, tap: Tap = NO_TAP) -> torch.Tensor:
+        """Logits (B, T, n_vocab) for token ids (B, T) or (T,); with a cache, T new tokens after the past."""
+        ids = self._as_batch(input_ids)
+        start = len(cache) if cache is not None else 0
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)  # (T,)
+        x = tap("inp_embd", self.token_embd(ids))                            # (B, T, C)
+        for i, block in enumerate(self.blk):
+            x = block(x, pos, cache, tap.layer(i) if tap.active else NO_TAP)
+        x = tap("result_norm", self.output_norm(x))
+        return tap("result_output", self.output(x))                          # (B, T, n_vocab)
+
+    @torch.no_grad()
+    def run_with_cache(self, input_ids, cache: KVCache | None = None) -> tuple[torch.Tensor, dict]:
+        """Logits and every named activation (llama.cpp names: ``blk.{i}.Qcur``, ``result_norm``...)."""
+        acts: dict[str, torch.Tensor] = {}
+        logits = self(input_ids, cache, Tap(store=acts))
+        return logits, acts
+
+    @torch.no_grad()
+    def run_with_hooks(self, input_ids, hooks: dict[str, Hook], cache: KVCache | None = None) -> torch.Tensor:
+        """Logits with activations patched: ``hooks[name](x)`` returns the replacement (None keeps x)."""
+        unknown = [name for name in hooks if name not in self.activation_names()]
+        if unknown:
+            raise KeyError(f"no activations named {unknown}; see model.activation_names()")
+        return self(input_ids, cache, Tap(hooks=hooks))
+
+    def activation_names(self) -> list[str]:
+        """Every name run_with_cache records, in the order the forward pass produces them."""
+        per_layer = ["attn_norm", "Qcur", "Kcur", "Vcur", "kq", "kq_soft_max", "kqv_out", "attn_out",
+                     "ffn_inp", "ffn_norm", "ffn_out", "l_out"]
+        if self.config.parallel_residual:
+            per_layer.remove("ffn_norm")
+        names = ["inp_embd"] + [f"blk.{i}.{n}" for i in range(self.config.n_layer) for n in per_layer]
+        return names + ["result_norm", "result_output"]
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.config.n_layer)
+
+    @property
+    def weight_types(self) -> dict:
+        """The ggml type each tensor had in the file, by its GGUF name."""
+        return {f"{gguf_name(path)}.{attr}": qtype
+                for path, module in self.named_modules() if isinstance(module, GGUFWeights)
+                for attr, qtype in module.qtype.items()}
+
+    @property
+    def device(self) -> torch.device:
+        return self.output_norm.weight.device
+
+    def _as_batch(self, input_ids) -> torch.Tensor:
+        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
+        return ids[None] if ids.dim() == 1 else ids
+
+    @classmethod
+    def from_gguf(cls, path_or_file, dtype: torch.dtype = torch.float32, device="cpu", lean: bool = False,
+                  progress: bool | None = None) -> "StableLM":
+        """Build the model from a GGUF file; ``lean`` keeps quantized matrices as bytes (see loading.py)."""
+        from .loading import load_gguf
+
+        return load_gguf(cls, path_or_file, dtype=dtype, device=device, lean=lean, progress=progress)
+
+
+def gguf_name(module_path: str) -> str:
+    """Module path -> GGUF tensor prefix: ``blk.0.attn.attn_q`` -> ``blk.0.attn_q``."""
+    return module_path.replace(".attn.", ".").replace(".ffn.", ".")

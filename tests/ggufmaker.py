@@ -1,0 +1,306 @@
+"""Test helper: tiny random StableLM GGUF files, written with gguf-py's GGUFWriter the way llama.cpp's
+converter (convert_hf_to_gguf.py, conversion/stablelm.py) writes them: the same keys, tensor names, shapes
+and tokenizer fields. And the independent references the tests compare against: transformers'
+StableLmForCausalLM holding the very weights gguf-py decodes from the file.
+
+    spec = TinySpec(n_rot=16, parallel_residual=True)
+    path = write_gguf(tmp_path / "m.gguf", spec, types=q4_k_m_mix)
+    hf = transformers_model(path)           # weights read back with gguf.GGUFReader + gguf.quants.dequantize
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFReader, GGUFWriter, TokenType
+from gguf import quants as gguf_quants
+
+WEIGHT_STD = 0.05
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    n_vocab: int = 512
+    n_embd: int = 256          # a multiple of 256, so K-quants apply to every matrix
+    n_layer: int = 2
+    n_head: int = 4            # head_dim 64
+    n_head_kv: int = 2
+    n_ff: int = 512
+    n_ctx: int = 256
+    n_rot: int = 16            # 0.25 of head_dim, as in StableLM-3B-4E1T
+    norm_eps: float = 1e-5
+    rope_base: float | None = None   # None: key absent (llama.cpp then uses 10000)
+    parallel_residual: bool = False
+    qkv_bias: bool = False
+    qk_norm: bool = False
+    seed: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+
+# ---- weights ---------------------------------------------------------------------------------
+def random_weights(spec: TinySpec) -> dict[str, np.ndarray]:
+    """float32 weights named and shaped as in a llama.cpp StableLM GGUF (numpy order: rows, cols)."""
+    rng = np.random.default_rng(spec.seed)
+    d, hd, kv = spec.n_embd, spec.head_dim, spec.n_head_kv * spec.head_dim
+
+    def mat(rows, cols):
+        return (rng.standard_normal((rows, cols)) * WEIGHT_STD).astype(np.float32)
+
+    def norm(*shape):  # near 1 and near 0, so a swapped weight and bias would show
+        return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+    def bias(n):
+        return (0.1 * rng.standard_normal(n)).astype(np.float32)
+
+    w = {"token_embd.weight": (rng.standard_normal((spec.n_vocab, d))).astype(np.float32),
+         "output_norm.weight": norm(d), "output_norm.bias": bias(d),
+         "output.weight": mat(spec.n_vocab, d)}
+    for i in range(spec.n_layer):
+        p = f"blk.{i}."
+        w[p + "attn_norm.weight"], w[p + "attn_norm.bias"] = norm(d), bias(d)
+        w[p + "attn_q.weight"], w[p + "attn_k.weight"], w[p + "attn_v.weight"] = mat(d, d), mat(kv, d), mat(kv, d)
+        if spec.qkv_bias:
+            w[p + "attn_q.bias"], w[p + "attn_k.bias"], w[p + "attn_v.bias"] = bias(d), bias(kv), bias(kv)
+        if spec.qk_norm:  # the converter stacks the per-head norms: (n_head, head_dim)
+            w[p + "attn_q_norm.weight"] = norm(spec.n_head, hd)
+            w[p + "attn_k_norm.weight"] = norm(spec.n_head_kv, hd)
+        w[p + "attn_output.weight"] = mat(d, d)
+        if not spec.parallel_residual:
+            w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"] = norm(d), bias(d)
+        w[p + "ffn_gate.weight"], w[p + "ffn_up.weight"] = mat(spec.n_ff, d), mat(spec.n_ff, d)
+        w[p + "ffn_down.weight"] = mat(d, spec.n_ff)
+    return w
+
+
+# ---- tensor types: which ggml type each tensor is stored in ----------------------------------
+def all_f32(name: str, shape) -> T:
+    return T.F32
+
+
+def uniform(qtype: T):
+    """Every matrix in qtype, 1-D tensors and norms in F32 (as llama-quantize does)."""
+    def choose(name: str, shape) -> T:
+        return qtype if len(shape) == 2 and "_norm" not in name else T.F32
+    return choose
+
+
+def q4_k_m_mix(name: str, shape) -> T:
+    """A Q4_K_M-like mix: Q4_K, with attn_v/ffn_down in Q6_K, output in Q6_K, token_embd in Q4_K."""
+    if len(shape) < 2 or "_norm" in name:
+        return T.F32
+    if name == "output.weight" or "attn_v" in name or "ffn_down" in name:
+        return T.Q6_K
+    return T.Q4_K
+
+
+def every_type_mix(types):
+    """Matrices cycle through the given types, so one file holds a mix of all of them."""
+    counter = iter(range(10**6))
+
+    def choose(name: str, shape) -> T:
+        if len(shape) < 2 or "_norm" in name:
+            return T.F32
+        return types[next(counter) % len(types)]
+    return choose
+
+
+# Where each block of a type without a numpy quantizer in gguf-py keeps its float16 scales
+# (byte offsets from the C structs in ggml-common.h). Random bytes with these scales set to
+# finite values make valid blocks; gguf-py decodes them for the reference.
+F16_SCALE_OFFSETS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+                     T.Q6_K: (208,), T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.TQ1_0: (52,), T.TQ2_0: (64,)}
+
+
+def encode(w: np.ndarray, qtype: T, rng: np.random.Generator) -> np.ndarray:
+    """The bytes of ``w`` stored as ``qtype``: gguf-py's quantizer where it has one, else random blocks."""
+    if qtype == T.F32:
+        return w
+    if qtype == T.F16:
+        return w.astype(np.float16)
+    try:
+        return gguf_quants.quantize(w, qtype)
+    except NotImplementedError:
+        return random_blocks(w.shape, qtype, rng)
+
+
+def random_blocks(shape, qtype: T, rng: np.random.Generator) -> np.ndarray:
+    """Random blocks of ``qtype`` whose decoded weights have a standard deviation near WEIGHT_STD."""
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    rows, cols = shape
+    blocks = rng.integers(0, 256, size=(rows * cols // block_size, type_size), dtype=np.uint8)
+    scales = [blocks[:, o:o + 2].view(np.float16) for o in F16_SCALE_OFFSETS[qtype]]
+    for s in scales:
+        s[:] = rng.uniform(0.5, 1.0, size=s.shape).astype(np.float16)
+    raw = blocks.reshape(rows, -1)
+    std = gguf_quants.dequantize(raw[:64], qtype).std()  # a sample of rows is enough
+    for s in scales:
+        s[:] = (s.astype(np.float32) * (WEIGHT_STD / std)).astype(np.float16)
+    return raw
+
+
+# ---- writing a file --------------------------------------------------------------------------
+def write_gguf(path, spec: TinySpec = TinySpec(), types=all_f32, weights=None, tokenizer=None,
+               tokenizer_pre: str | None = "olmo", architecture: str = "stablelm") -> Path:
+    """Write a StableLM GGUF as llama.cpp's converter does; ``types(name, shape)`` picks each tensor's type.
+
+    ``tokenizer``: a ``tokenizers.Tokenizer`` (written as the converter writes it), "placeholder" (numbered
+    tokens, enough for llama.cpp to load), or None (no tokenizer keys)."""
+    weights = random_weights(spec) if weights is None else weights
+    rng = np.random.default_rng(spec.seed + 1)
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_name("tiny-stablelm-test")
+    writer.add_context_length(spec.n_ctx)
+    writer.add_embedding_length(spec.n_embd)
+    writer.add_block_count(spec.n_layer)
+    writer.add_feed_forward_length(spec.n_ff)
+    writer.add_rope_dimension_count(spec.n_rot)
+    writer.add_head_count(spec.n_head)
+    writer.add_head_count_kv(spec.n_head_kv)
+    # the converter writes True when config.json lacks the key, so the key can lie: the tests make it lie
+    writer.add_parallel_residual(True)
+    writer.add_layer_norm_eps(spec.norm_eps)
+    if spec.rope_base is not None:
+        writer.add_rope_freq_base(spec.rope_base)
+    writer.add_file_type(1)
+    if tokenizer == "placeholder":
+        add_placeholder_vocab(writer, spec.n_vocab)
+    elif tokenizer is not None:
+        add_tokenizer(writer, tokenizer, spec.n_vocab, tokenizer_pre)
+    for name, w in weights.items():
+        qtype = types(name, w.shape)
+        data = encode(w, qtype, rng)
+        writer.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
+
+
+# ---- tokenizer: a GPT-NeoX-style byte-level BPE, written as the converter writes it ----------
+NEOX_SPECIALS = ["<|endoftext|>", "<|padding|>"]
+WHITESPACE_RUNS = [" " * n for n in range(24, 1, -1)]  # GPT-NeoX-20B's added tokens 50254..50276
+TRAINING_TEXT = """\
+The quick brown fox jumps over the lazy dog. It's 2024, and we'll see what they've done.
+def forward(self, x):\n    return self.proj(x) + 1234 * 5678\n\tif x is None:\n\t\tpass
+Café, naïve, résumé, Zürich, São Paulo, Ångström, crème brûlée. Ünïcödé everywhere!
+日本語のテキストと中文文本, 한국어 텍스트, русский текст, ελληνικά, עברית, العربية.
+Emoji 😀🚀🎉 and math ∑ ∫ √ ≤ ≥ ≠ ∞. Numbers: 3.14159, 2,718, 1e-5, 0x1F, 100%.
+""" * 3
+
+
+def train_neox_tokenizer(vocab_size: int = 400):
+    """A small tokenizer shaped like GPT-NeoX-20B's (StableLM-3B-4E1T's): NFC, byte-level BPE,
+    <|endoftext|> and <|padding|> as ids 0 and 1, whitespace runs as added (non-special) tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=NEOX_SPECIALS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TRAINING_TEXT.splitlines(), trainer=trainer)
+    tok.add_tokens([AddedToken(ws, normalized=True, special=False) for ws in WHITESPACE_RUNS])
+    return tok
+
+
+def _looks_special(token: str) -> bool:  # the converter's does_token_look_special, in short
+    return (token.startswith("<|") and token.endswith("|>")) or (token.startswith("<") and token.endswith(">"))
+
+
+def add_tokenizer(writer: GGUFWriter, tok, n_vocab: int, pre: str | None) -> None:
+    """tokenizer.ggml.* as convert_hf_to_gguf.py's _set_vocab_gpt2 writes them."""
+    vocab = tok.get_vocab(with_added_tokens=True)
+    reverse = {i: t for t, i in vocab.items()}
+    added = tok.get_added_tokens_decoder()
+    assert max(reverse) < n_vocab
+    tokens, types = [], []
+    for i in range(n_vocab):
+        if i not in reverse:
+            tokens.append(f"[PAD{i}]")
+            types.append(TokenType.UNUSED)
+            continue
+        tokens.append(reverse[i])
+        if i in added:
+            special = added[i].special or _looks_special(reverse[i])
+            types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
+        else:
+            types.append(TokenType.NORMAL)
+    merges = json.loads(tok.to_str())["model"]["merges"]
+    writer.add_tokenizer_model("gpt2")
+    if pre is not None:  # files converted before llama.cpp had the key lack it
+        writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+    eot = vocab["<|endoftext|>"]
+    writer.add_bos_token_id(eot)
+    writer.add_eos_token_id(eot)
+    writer.add_unk_token_id(eot)
+    writer.add_pad_token_id(vocab["<|padding|>"])
+
+
+def add_placeholder_vocab(writer: GGUFWriter, n_vocab: int) -> None:
+    """Just enough tokenizer for llama.cpp to load the file (the golden runs feed token ids)."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("olmo")
+    writer.add_token_list([f"<t{i}>" for i in range(n_vocab)])
+    writer.add_token_types([TokenType.NORMAL] * n_vocab)
+    writer.add_token_merges(["<t1> <t2>"])  # llama.cpp wants at least one merge
+
+
+# ---- the independent reference: transformers on the weights gguf-py reads back ----------------
+def read_back(path) -> dict[str, np.ndarray]:
+    """Every tensor of the file as float32, read with gguf.GGUFReader and decoded by gguf.quants."""
+    out = {}
+    for t in GGUFReader(str(path)).tensors:
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+        out[t.name] = gguf_quants.dequantize(np.asarray(t.data), t.tensor_type).astype(np.float32).reshape(shape)
+    return out
+
+
+def hf_name(name: str) -> str:
+    parts = name.split(".")
+    top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+    if parts[0] in top:
+        return f"{top[parts[0]]}.{parts[1]}"
+    layer = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+             "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+             "ffn_down": "mlp.down_proj"}
+    return f"model.layers.{parts[1]}.{layer[parts[2]]}.{parts[3]}"
+
+
+def transformers_model(path, spec: TinySpec):
+    """transformers' StableLmForCausalLM (float32, eager attention) holding the file's decoded weights."""
+    import torch
+    from transformers import StableLmConfig, StableLmForCausalLM
+
+    config = StableLmConfig(
+        vocab_size=spec.n_vocab, hidden_size=spec.n_embd, intermediate_size=spec.n_ff,
+        num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head, num_key_value_heads=spec.n_head_kv,
+        max_position_embeddings=spec.n_ctx, layer_norm_eps=spec.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_base or 10000.0,
+                         "partial_rotary_factor": spec.n_rot / spec.head_dim},
+        use_parallel_residual=spec.parallel_residual, use_qkv_bias=spec.qkv_bias, qk_layernorm=spec.qk_norm,
+        tie_word_embeddings=False, attn_implementation="eager", bos_token_id=None, eos_token_id=None)
+    model = StableLmForCausalLM(config).eval()
+    state = {}
+    for name, w in read_back(path).items():
+        if name.endswith(("attn_q_norm.weight", "attn_k_norm.weight")):  # unstack the per-head norms
+            which = "q_layernorm" if "attn_q_norm" in name else "k_layernorm"
+            for h, row in enumerate(w):
+                state[f"model.layers.{name.split('.')[1]}.self_attn.{which}.norms.{h}.weight"] = torch.from_numpy(row)
+        else:
+            state[hf_name(name)] = torch.from_numpy(w)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [m for m in missing if "rotary_emb" not in m]
+    assert not missing and not unexpected, (missing, unexpected)
+    return model

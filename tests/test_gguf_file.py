@@ -1,0 +1,111 @@
+"""GGUFFile against gguf-py's own reader and decoders, and against the bytes on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as T, GGUFReader
+from gguf import quants as gguf_quants
+
+import ggufmaker
+from stablelm_lab import GGUFError, GGUFFile, StableLMConfig, quants
+
+MIXED_TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    spec = ggufmaker.TinySpec(n_layer=2, qkv_bias=True)
+    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("gguf") / "mixed.gguf", spec,
+                                types=ggufmaker.every_type_mix(MIXED_TYPES))
+    return path
+
+
+def test_tensor_table_matches_gguf_py(mixed):
+    g = GGUFFile(mixed)
+    theirs = GGUFReader(str(mixed)).tensors
+    assert [t.name for t in g.tensors] == [t.name for t in theirs]
+    for ours, t in zip(g.tensors, theirs):
+        assert ours.shape == tuple(reversed(t.shape.tolist()))  # numpy order: (rows, cols)
+        assert ours.qtype == t.tensor_type
+        assert ours.nbytes == t.n_bytes
+    assert {t.qtype for t in g.tensors} == set(MIXED_TYPES) | {T.F32}
+
+
+def test_metadata_values(mixed):
+    meta = GGUFFile(mixed).metadata
+    assert meta["general.architecture"] == "stablelm"
+    assert meta["stablelm.embedding_length"] == 256
+    assert meta["stablelm.rope.dimension_count"] == 16
+    assert meta["stablelm.use_parallel_residual"] is True
+    assert meta["stablelm.attention.layer_norm_epsilon"] == pytest.approx(1e-5)
+
+
+def test_raw_is_the_bytes_on_disk_without_a_copy(mixed):
+    g = GGUFFile(mixed)
+    data = open(mixed, "rb").read()
+    for info in g.tensors:
+        raw = g.raw(info.name)
+        assert raw.dtype == np.uint8 and raw.nbytes == info.nbytes
+        assert raw.tobytes() == data[info.offset:info.offset + info.nbytes]
+        assert not raw.flags.writeable
+        assert np.shares_memory(raw, g._reader.data)  # a view into the memory map
+
+
+def test_dequantize_matches_gguf_py(mixed):
+    g = GGUFFile(mixed)
+    for t in GGUFReader(str(mixed)).tensors:
+        if t.tensor_type not in quants.FORMATS:
+            continue  # arrives with its quant format
+        expected = gguf_quants.dequantize(np.asarray(t.data), t.tensor_type).reshape(g.tensor_info[t.name].shape)
+        np.testing.assert_array_equal(g.dequantize(t.name), expected, err_msg=t.name)
+
+
+def test_config_from_keys_and_tensors(tmp_path):
+    spec = ggufmaker.TinySpec(n_head_kv=1, n_rot=32, rope_base=500.0, parallel_residual=True, qk_norm=True)
+    cfg = GGUFFile(ggufmaker.write_gguf(tmp_path / "m.gguf", spec)).config
+    assert cfg == StableLMConfig(n_vocab=512, n_embd=256, n_layer=2, n_head=4, n_head_kv=1, n_ff=512, n_ctx=256,
+                                 n_rot=32, norm_eps=cfg.norm_eps, rope_base=500.0, parallel_residual=True,
+                                 qkv_bias=False, qk_norm=True)
+    assert cfg.norm_eps == pytest.approx(1e-5) and cfg.head_dim == 64 and cfg.partial_rotary_factor == 0.5
+
+
+def test_sequential_residual_follows_the_tensors_not_the_key(mixed):
+    # ggufmaker writes use_parallel_residual = True, as the converter does when config.json lacks it
+    cfg = GGUFFile(mixed).config
+    assert not cfg.parallel_residual
+    assert cfg.rope_base == 10000.0  # rope.freq_base absent
+    assert cfg.qkv_bias and not cfg.qk_norm
+
+
+def test_not_a_gguf_file(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, I am text")
+    with pytest.raises(GGUFError, match="is not a GGUF file") as e:
+        GGUFFile(path)
+    assert isinstance(e.value, ValueError)
+
+
+def test_truncated_gguf(mixed, tmp_path):
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(open(mixed, "rb").read()[:300])
+    with pytest.raises(GGUFError, match="not a readable GGUF file"):
+        GGUFFile(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GGUFError, match="cannot open"):
+        GGUFFile(tmp_path / "nowhere.gguf")
+
+
+def test_other_architecture_has_no_stablelm_config(tmp_path):
+    path = ggufmaker.write_gguf(tmp_path / "llama.gguf", architecture="llama")
+    g = GGUFFile(path)  # still a readable GGUF
+    assert g.architecture == "llama"
+    with pytest.raises(GGUFError, match="holds a 'llama' model, not a StableLM"):
+        g.config
+
+
+def test_unknown_tensor_name(mixed):
+    with pytest.raises(KeyError, match="no tensor named"):
+        GGUFFile(mixed).raw("blk.99.attn_q.weight")
