@@ -1,0 +1,283 @@
+"""The 4-bit non-linear formats: each nibble indexes a fixed 16-value codebook, not a uniform grid.
+
+    IQ4_NL  18 bytes   d | qs[16]                               x = d · kvalues_iq4nl[q]
+    IQ4_XS  136 bytes  d | scales_h | scales_l[4] | qs[128]     x = d · (ls - 32) · kvalues_iq4nl[q]
+
+kvalues_iq4nl = -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113: denser near zero, where most
+weights are, and asymmetric (no zero, one more value below than above). IQ4_NL lays out its 32 weights
+like Q4_0; IQ4_XS is a 256-weight super-block of eight such sub-blocks, each with a 6-bit scale ls.
+
+Encoding (quantize_row_iq4_nl_impl, with no importance matrix, so weight[j] = x[j]²): per 32-weight
+sub-block, map the signed largest weight to the codebook end, snap every weight to its nearest value
+(best_index_int8), take the weighted least-squares scale d = Σwqx / Σwq², retry the snapping with 15
+scales near the first and keep the one that fits best. IQ4_XS then rounds its eight sub-block scales to
+6 bits against the super-block's d and snaps every weight once more.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .base import CHUNK_WEIGHTS, QuantFormat, f16, struct, u8
+from .legacy import _inverse, _signed_absmax, _torch_nibbles, join_nibbles
+from .rounding import nearest_int
+
+#: ggml-common.h's kvalues_iq4nl, indexed by the nibble.
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
+                         dtype=np.int8)
+_VALUES = KVALUES_IQ4NL.astype(np.float32)
+#: Sub-blocks whose largest magnitude is below this get scale 0 and keep no fresh nibbles (ggml-quants.c).
+GROUP_MAX_EPS = np.float32(1e-15)
+
+
+def lookup_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """table[index] for a (256, k) float32 table and uint8 indices: (..., k) float32.
+
+    Each row is gathered as one opaque item by np.take, several times faster than fancy indexing floats.
+    (8-byte rows go as uint64: numpy's take is slow for float64 and 8-byte void items.)
+    """
+    k = table.shape[1]
+    item = np.uint64 if k == 2 else np.dtype((np.void, 4 * k))
+    rows = np.ascontiguousarray(table, dtype=np.float32).view(item).reshape(-1)
+    return np.take(rows, index).view(np.float32).reshape(*index.shape, k)
+
+
+#: The values of the low and the high nibble of every byte, for the vectorized decoders.
+NIBBLE_VALUES = np.stack([_VALUES[np.arange(256) & 0x0F], _VALUES[np.arange(256) >> 4]], axis=1)
+
+
+class IQ4_NL(QuantFormat):
+    """IQ4_NL: 32 weights in 18 bytes (4.5 bits per weight), a 16-value non-linear codebook.
+
+    bytes 0-1   d       fp16 scale
+    bytes 2-17  qs[16]  byte j = nibble of weight j (low) | nibble of weight j+16 (high), as Q4_0
+
+    decode: x = d · kvalues_iq4nl[q]
+    encode: d0 = max / 127 (max = the weight of largest magnitude, with its sign), q = the codebook value
+            nearest to x/d0, d = Σ x²·v·x / Σ x²·v·v (v = kvalues[q]); then 15 more tries with
+            1/d = (itry - 127)/max, itry = -7..7, keeping the d of largest (Σwvx)²/Σwv², and q once more
+            for the final d. This is quantize_iq4_nl, what llama-quantize writes (ntry = 7).
+            ggml's quantize_row_iq4_nl_ref is another encoder: ntry = -1, i.e. d0 = max / -127 and
+            no tries, no final snapping; IQ4_NL(ntry=-1) reproduces it.
+    """
+
+    qtype = T.IQ4_NL
+    block_dtype = struct(f16("d"), u8("qs", 16))
+
+    def __init__(self, ntry: int = 7) -> None:
+        super().__init__()
+        self.ntry = ntry
+
+    def dequantize_block(self, block):
+        d = np.float32(block["d"])
+        qs = block["qs"]
+        y = np.empty(32, dtype=np.float32)
+        for j in range(16):
+            y[j] = d * _VALUES[qs[j] & 0x0F]
+            y[j + 16] = d * _VALUES[qs[j] >> 4]
+        return y
+
+    def dequantize_blocks(self, blocks):
+        return decode_nibble_pairs(blocks["qs"], blocks["d"].astype(np.float32), NIBBLE_VALUES)
+
+    def dequantize_blocks_torch(self, blocks):
+        d = self.torch_field(blocks, "d").float()[:, None]
+        return _torch_codebook(self.torch_field(blocks, "qs")) * d
+
+    def quantize_blocks(self, x):
+        d = np.empty(len(x), dtype=np.float32)
+        nibbles = np.empty(x.shape, dtype=np.uint8)
+        skipped = np.empty(len(x), dtype=bool)
+        for start in range(0, len(x), CHUNK_WEIGHTS // 32):
+            chunk = slice(start, start + CHUNK_WEIGHTS // 32)
+            d[chunk], nibbles[chunk], skipped[chunk] = _sub_block_scales(x[chunk], self.ntry)
+            if self.ntry > 0:
+                nibbles[chunk] = best_index_int8(_inverse(d[chunk])[:, None] * x[chunk])
+        if self.ntry <= 0:
+            nibbles = _reuse_previous_nibbles(nibbles, skipped)
+        out = np.empty(len(x), self.block_dtype)
+        out["d"] = d
+        out["qs"] = join_nibbles(nibbles)
+        return out
+
+
+class IQ4_XS(QuantFormat):
+    """IQ4_XS: 256 weights in 136 bytes (4.25 bits per weight): eight IQ4_NL-like sub-blocks of 32.
+
+    bytes 0-1    d            fp16 super-block scale
+    bytes 2-3    scales_h     uint16: bits 2ib..2ib+1 are the top two bits of sub-block ib's scale
+    bytes 4-7    scales_l[4]  byte k: low four bits of the scale of sub-block 2k (low nibble), 2k+1 (high)
+    bytes 8-135  qs[128]      sub-block ib in bytes 16ib..16ib+15, nibbles as in IQ4_NL
+
+    decode: ls = scales_l nibble | scales_h bits << 4 (0..63), x = d · (ls - 32) · kvalues_iq4nl[q]
+    encode (quantize_iq4_xs without an importance matrix): each sub-block's scale as in IQ4_NL (the 15
+            tries included); d = -(the sub-block scale of largest magnitude)/32,
+            ls - 32 = clamp(nearest_int(scale/d), -32, 31), and every nibble is chosen again for the
+            6-bit scale d·(ls - 32).
+    """
+
+    qtype = T.IQ4_XS
+    block_dtype = struct(f16("d"), ("scales_h", "<u2"), u8("scales_l", 4), u8("qs", 128))
+
+    def dequantize_block(self, block):
+        d = np.float32(block["d"])
+        scales_h, scales_l = int(block["scales_h"]), block["scales_l"]
+        y = np.empty(256, dtype=np.float32)
+        for ib in range(8):
+            ls = ((int(scales_l[ib // 2]) >> 4 * (ib % 2)) & 0xF) | (((scales_h >> 2 * ib) & 3) << 4)
+            dl = d * np.float32(ls - 32)
+            qs = block["qs"][16 * ib:16 * ib + 16]
+            for j in range(16):
+                y[32 * ib + j] = dl * _VALUES[qs[j] & 0x0F]
+                y[32 * ib + j + 16] = dl * _VALUES[qs[j] >> 4]
+        return y
+
+    def dequantize_blocks(self, blocks):
+        n = len(blocks)
+        ls = _six_bit_scales(blocks["scales_l"], blocks["scales_h"])
+        dl = blocks["d"].astype(np.float32)[:, None] * _SCALE_MINUS_32[ls]            # (n, 8)
+        y = decode_nibble_pairs(blocks["qs"].reshape(n * 8, 16), dl.reshape(n * 8), NIBBLE_VALUES)
+        return y.reshape(n, 256)
+
+    def dequantize_blocks_torch(self, blocks):
+        import torch
+        n = blocks.shape[0]
+        scales_l = self.torch_field(blocks, "scales_l")
+        scales_h = self.torch_field(blocks, "scales_h").to(torch.int32)
+        low = torch.stack([scales_l & 0x0F, scales_l >> 4], dim=-1).reshape(n, 8).to(torch.int32)
+        shifts = torch.arange(0, 16, 2, device=blocks.device, dtype=torch.int32)
+        ls = low | (((scales_h[:, None] >> shifts) & 3) << 4)
+        dl = self.torch_field(blocks, "d").float()[:, None] * (ls - 32).float()         # (n, 8)
+        values = _torch_codebook(self.torch_field(blocks, "qs").reshape(n * 8, 16))
+        return (dl.reshape(n * 8, 1) * values).reshape(n, 256)
+
+    def quantize_blocks(self, x):
+        out = np.empty(len(x), self.block_dtype)
+        for start in range(0, len(x), CHUNK_WEIGHTS // 256):
+            chunk = slice(start, start + CHUNK_WEIGHTS // 256)
+            out[chunk] = self._quantize_super_blocks(x[chunk])
+        return out
+
+    def _quantize_super_blocks(self, x):
+        n = len(x)
+        sub_blocks = x.reshape(n * 8, 32)
+        scales = _sub_block_scales(sub_blocks, ntry=7)[0].reshape(n, 8)
+        d = -_first_largest_magnitude(scales) / np.float32(32)
+        l = np.clip(_nearest_int_c(_inverse(d)[:, None] * scales), -32, 31)
+        dl = d[:, None] * l.astype(np.float32)
+        nibbles = best_index_int8(_inverse(dl.reshape(-1))[:, None] * sub_blocks)
+        ls = (l + 32).astype(np.uint8)
+        out = np.empty(n, self.block_dtype)
+        out["d"] = d
+        out["scales_l"] = (ls[:, 0::2] & 0x0F) | ((ls[:, 1::2] & 0x0F) << 4)
+        out["scales_h"] = ((ls.astype(np.uint16) >> 4) << np.arange(0, 16, 2, dtype=np.uint16)).sum(
+            axis=1, dtype=np.uint16)
+        out["qs"] = join_nibbles(nibbles).reshape(n, 128)
+        return out
+
+
+# ---- decode helpers ------------------------------------------------------------------------------
+#: (ls - 32) as float32 for every 6-bit scale ls.
+_SCALE_MINUS_32 = (np.arange(64) - 32).astype(np.float32)
+
+
+def _six_bit_scales(scales_l: np.ndarray, scales_h: np.ndarray) -> np.ndarray:
+    """IQ4_XS's eight 6-bit scales per block: (n, 4) low nibbles (interleaved) and (n,) uint16 high bits."""
+    low = np.stack([scales_l & 0x0F, scales_l >> 4], axis=-1).reshape(-1, 8)
+    high = (scales_h[:, None] >> np.arange(0, 16, 2, dtype=np.uint16)) & 3
+    return low | (high.astype(np.uint8) << 4)
+
+
+def decode_nibble_pairs(qs: np.ndarray, d: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """(m, 16) bytes of nibble pairs and (m,) float32 scales -> (m, 32) weights d · value, the low nibbles
+    first (weights 0..15) and the high nibbles after (16..31); values is a (256, 2) table per byte."""
+    pairs = lookup_rows(values, qs)                                         # (m, 16, low/high)
+    pairs *= d[:, None, None]
+    return pairs.transpose(0, 2, 1).reshape(-1, 32)
+
+
+def _torch_codebook(qs):
+    """(m, 16) uint8 tensor of nibble pairs -> (m, 32) float32 codebook values, low nibbles first."""
+    import torch
+    values = torch.from_numpy(_VALUES).to(qs.device)
+    return values[_torch_nibbles(qs).long()]
+
+
+# ---- encode: quantize_row_iq4_nl_impl, vectorized over sub-blocks ---------------------------------
+def best_index_int8(x: np.ndarray) -> np.ndarray:
+    """ggml's best_index_int8 on kvalues_iq4nl: the nearest codebook entry; the upper one on a tie.
+
+    Its binary search ends with values[mu-1] <= x < values[mu], which is searchsorted(side="right");
+    a NaN falls through every comparison there and gets 15, as here.
+    """
+    mu = np.clip(np.searchsorted(_VALUES, x, side="right"), 1, 15)
+    below, above = _VALUES[mu - 1], _VALUES[mu]
+    index = np.where(x - below < above - x, mu - 1, mu)
+    index = np.where(x <= _VALUES[0], 0, index)
+    return np.where(x >= _VALUES[15], 15, index).astype(np.uint8)
+
+
+def _weighted_sums(x: np.ndarray, q: np.ndarray, weight: np.ndarray):
+    """Σ w·q·x and Σ w·q·q over each sub-block, adding one weight after the other as the C loop does.
+
+    The arrays are (32, m): weight index first, so that each step adds one contiguous row.
+    """
+    sumqx = np.zeros(x.shape[1], dtype=np.float32)
+    sumq2 = np.zeros(x.shape[1], dtype=np.float32)
+    for j in range(x.shape[0]):
+        wq = weight[j] * q[j]
+        sumqx += wq * x[j]
+        sumq2 += wq * q[j]
+    return sumqx, sumq2
+
+
+def _sub_block_scales(x: np.ndarray, ntry: int):
+    """The per-sub-block loop of quantize_row_iq4_nl_impl without quant_weights, on (m, 32) weights.
+
+    Returns the scales d (m,), the nibbles of the first snapping (m, 32), and which sub-blocks were
+    skipped (amax < GROUP_MAX_EPS: scale 0, nibbles not written). ntry > 0 starts from d = max/127 and
+    also tries 1/d = (itry - 127)/max for itry = -ntry..ntry; ntry <= 0 starts from d = max/-127 only.
+    """
+    amax_signed = _signed_absmax(x)
+    skipped = np.abs(amax_signed) < GROUP_MAX_EPS
+    xt = np.ascontiguousarray(x.T)                                          # (32, m)
+    weight = xt * xt
+    values0 = _VALUES[0]
+    d = -amax_signed / values0 if ntry > 0 else amax_signed / values0
+    nibbles = best_index_int8(np.float32(1) / d * xt)
+    sumqx, sumq2 = _weighted_sums(xt, _VALUES[nibbles], weight)
+    d = np.where(sumq2 > 0, sumqx / sumq2, np.float32(0))
+    best = d * sumqx
+    for itry in range(-ntry, ntry + 1):
+        inverse_d = np.float32(itry + values0) / amax_signed
+        sumqx, sumq2 = _weighted_sums(xt, _VALUES[best_index_int8(inverse_d * xt)], weight)
+        better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+        d = np.where(better, sumqx / sumq2, d)
+        best = np.where(better, d * sumqx, best)
+    return np.where(skipped, np.float32(0), d), nibbles.T, skipped
+
+
+def _first_largest_magnitude(scales: np.ndarray) -> np.ndarray:
+    """Per row, the first scale of largest |scale|, or 0: C's strict `>` from 0 passes over NaNs."""
+    magnitude = np.nan_to_num(np.abs(scales), nan=0)
+    first = np.take_along_axis(scales, magnitude.argmax(axis=1)[:, None], axis=1)[:, 0]
+    return np.where(magnitude.max(axis=1) > 0, first, np.float32(0))
+
+
+def _nearest_int_c(v: np.ndarray) -> np.ndarray:
+    """ggml's nearest_int, NaN included: its magic-number trick turns a NaN into 0 (np.rint does not)."""
+    return np.where(np.isnan(v), 0, nearest_int(np.nan_to_num(v, nan=0)))
+
+
+def _reuse_previous_nibbles(nibbles: np.ndarray, skipped: np.ndarray) -> np.ndarray:
+    """quantize_row_iq4_nl_ref's skipped blocks: they pack the nibble buffer L unchanged.
+
+    L lives for the whole call, so a skipped block repeats the nibbles of the last block that was not
+    skipped. Before the first such block C reads uninitialized stack memory (any bytes); here those
+    blocks get nibble 8 everywhere, what quantize_iq4_nl writes for a skipped block (the code of 1,
+    nearest zero). The scale is 0 either way, so every such block decodes to zeros.
+    """
+    source = np.maximum.accumulate(np.where(skipped, -1, np.arange(len(nibbles))))
+    padded = np.vstack([np.full((1, nibbles.shape[1]), 8, dtype=np.uint8), nibbles])
+    return padded[source + 1]

@@ -1,0 +1,170 @@
+"""The ternary formats of BitNet b1.58 and TriLMs: every weight is -1, 0 or +1 times one fp16 scale.
+
+    TQ1_0  54 bytes  qs[48] | qh[4] | d    x = (t - 1)·d    t in 0..2, five trits per byte (3^5 = 243 < 256)
+    TQ2_0  66 bytes  qs[64] | d           x = (t - 1)·d    t in 0..2, stored in 2 bits (3 decodes to +2)
+
+Both hold 256 weights and the same scale: d = the block's largest magnitude, t = roundf(x/d) + 1.
+
+TQ1_0 packs the trits as a base-3 fixed-point fraction: five trits t0..t4 make the integer
+q = t0·81 + t1·27 + t2·9 + t3·3 + t4 (0..242), stored as the byte ceil(q·256/243), which reads as
+q/243 in units of 1/256. Multiplying that byte by 3 (mod 256) moves the fraction one trit to the left,
+and the trit that crosses the binary point is (byte·3) >> 8. So trit n of a byte is
+((byte·3^n mod 256)·3) >> 8: no division anywhere in the decoder.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .base import QuantFormat, f16, struct, u8
+from .iq4 import lookup_rows
+from .legacy import _inverse
+from .rounding import round_away_from_zero
+
+_POW3 = [1, 3, 9, 27, 81, 243]
+
+
+def trit(byte, n: int):
+    """Trit n (0 = most significant) of a TQ1_0 byte: the multiply-by-3 trick, in uint8 as C does it."""
+    shifted = (byte * _POW3[n]) & 0xFF          # C: uint8_t q = byte * pow3[n]
+    return (shifted * 3) >> 8
+
+
+def _pack_trits(trits: np.ndarray) -> np.ndarray:
+    """(n, k, bytes) trits -> (n, bytes) base-3 numbers, trits[:, 0] the most significant (uint8, as C)."""
+    q = np.zeros((trits.shape[0], trits.shape[2]), dtype=np.uint8)
+    for n in range(trits.shape[1]):
+        q = q * np.uint8(3) + trits[:, n]
+    return q
+
+
+def _as_fixed_point(q: np.ndarray) -> np.ndarray:
+    """q/243 as a byte in units of 1/256, rounded up: ceil(q·256/243)."""
+    return ((q.astype(np.uint16) * 256 + (243 - 1)) // 243).astype(np.uint8)
+
+
+def _ternary_scale(x: np.ndarray):
+    """The shared encode step: d = the block's largest magnitude, t = roundf(x/d) + 1 in 0..2."""
+    d = np.abs(x).max(axis=1)
+    trits = (round_away_from_zero(x * _inverse(d)[:, None]) + 1).astype(np.uint8)
+    return d, trits
+
+
+class TQ1_0(QuantFormat):
+    """TQ1_0: 256 ternary weights in 54 bytes (1.6875 bits per weight).
+
+    bytes 0-31   qs[0:32]   weights 0..159: byte m holds m, m+32, m+64, m+96, m+128 (m in the top trit)
+    bytes 32-47  qs[32:48]  weights 160..239: byte 32+m holds 160+m, +16, +32, +48, +64
+    bytes 48-51  qh[4]      weights 240..255: byte j holds 240+j, +4, +8, +12 in its top four trits
+    bytes 52-53  d          fp16 scale
+
+    decode: trit n of a byte = ((byte·3^n mod 256)·3) >> 8, x = (trit - 1)·d
+    encode: d = amax, t = roundf(x/d) + 1; q = Σ t_n·3^(4-n) (qh: four trits, then ·3);
+            byte = ceil(q·256/243)
+    """
+
+    qtype = T.TQ1_0
+    block_dtype = struct(u8("qs", 48), u8("qh", 4), f16("d"))
+
+    # qs and qh are adjacent, so the decoder reads them as one run of 52 bytes, in three groups:
+    # (first byte, bytes in the group, trits per byte). Group by group, trit by trit, byte by byte.
+    _GROUPS = [(0, 32, 5), (32, 16, 5), (48, 4, 4)]
+
+    def dequantize_block(self, block):
+        d = np.float32(block["d"])
+        packed = np.concatenate([block["qs"], block["qh"]])
+        y = []
+        for first, width, n_trits in self._GROUPS:
+            for n in range(n_trits):
+                for m in range(width):
+                    xi = trit(int(packed[first + m]), n)
+                    y.append(np.float32(xi - 1) * d)
+        return np.array(y, dtype=np.float32)
+
+    def dequantize_blocks(self, blocks):
+        n = len(blocks)
+        trits = lookup_rows(_TRIT_VALUES, blocks.view(np.uint8).reshape(n, -1)[:, :52])   # (n, byte, trit)
+        trits *= blocks["d"].astype(np.float32)[:, None, None]
+        y = np.empty((n, 256), dtype=np.float32)
+        i = 0
+        for first, width, n_trits in self._GROUPS:
+            group = y[:, i:i + n_trits * width].reshape(n, n_trits, width)
+            group[...] = trits[:, first:first + width, :n_trits].transpose(0, 2, 1)
+            i += n_trits * width
+        return y
+
+    def dequantize_blocks_torch(self, blocks):
+        import torch
+        tables = torch.from_numpy(np.ascontiguousarray(_TRIT_VALUES.T)).to(blocks.device)    # (5, 256)
+        d = self.torch_field(blocks, "d").float()[:, None]
+        packed = blocks[:, :52].long()
+        parts = [tables[n][packed[:, first:first + width]]
+                 for first, width, n_trits in self._GROUPS for n in range(n_trits)]
+        return torch.cat(parts, dim=1) * d
+
+    def quantize_blocks(self, x):
+        n = len(x)
+        d, trits = _ternary_scale(x)
+        out = np.empty(n, self.block_dtype)
+        out["d"] = d
+        out["qs"][:, :32] = _as_fixed_point(_pack_trits(trits[:, :160].reshape(n, 5, 32)))
+        out["qs"][:, 32:] = _as_fixed_point(_pack_trits(trits[:, 160:240].reshape(n, 5, 16)))
+        # four trits, then one more ·3 so that the first lands in the most significant place
+        out["qh"] = _as_fixed_point(_pack_trits(trits[:, 240:].reshape(n, 4, 4)) * np.uint8(3))
+        return out
+
+
+class TQ2_0(QuantFormat):
+    """TQ2_0: 256 ternary weights in 66 bytes (2.0625 bits per weight), two bits per weight.
+
+    bytes 0-63   qs[64]  byte 32c+m holds weights 128c+m+32l in bits 2l..2l+1 (l = 0..3), c = 0, 1
+    bytes 64-65  d       fp16 scale
+
+    decode: x = (((qs >> 2l) & 3) - 1)·d   (the unused code 3 decodes to +2·d)
+    encode: d = amax, t = roundf(x/d) + 1 in 0..2.
+    """
+
+    qtype = T.TQ2_0
+    block_dtype = struct(u8("qs", 64), f16("d"))
+
+    def dequantize_block(self, block):
+        d = np.float32(block["d"])
+        y = np.empty(256, dtype=np.float32)
+        i = 0
+        for j in range(0, 64, 32):
+            for l in range(4):
+                for m in range(32):
+                    q = (int(block["qs"][j + m]) >> (l * 2)) & 3
+                    y[i] = np.float32(q - 1) * d
+                    i += 1
+        return y
+
+    def dequantize_blocks(self, blocks):
+        d = blocks["d"].astype(np.float32)[:, None, None, None]
+        values = lookup_rows(_TWO_BIT_VALUES, blocks["qs"].reshape(-1, 2, 32))   # (n, c, m, l)
+        values *= d
+        return values.transpose(0, 1, 3, 2).reshape(-1, 256)
+
+    def dequantize_blocks_torch(self, blocks):
+        import torch
+        shifts = torch.arange(0, 8, 2, device=blocks.device, dtype=torch.uint8)
+        qs = self.torch_field(blocks, "qs").reshape(-1, 2, 1, 32)
+        q = ((qs >> shifts[:, None]) & 3).to(torch.int8) - 1                 # (n, c, l, m)
+        return (q.float() * self.torch_field(blocks, "d").float()[:, None, None, None]).reshape(-1, 256)
+
+    def quantize_blocks(self, x):
+        d, trits = _ternary_scale(x)
+        trits = trits.reshape(-1, 2, 4, 32)                                 # (n, c, l, m)
+        qs = np.zeros((len(x), 2, 32), dtype=np.uint8)
+        for l in range(4):
+            qs += (trits[:, :, l] & 3) << np.uint8(2 * l)
+        out = np.empty(len(x), self.block_dtype)
+        out["d"] = d
+        out["qs"] = qs.reshape(-1, 64)
+        return out
+
+
+#: The decoders' lookup tables, one row per byte value: (t - 1) of its five trits / of its four 2-bit fields.
+_TRIT_VALUES = np.stack([trit(np.arange(256), n) - 1 for n in range(5)], axis=1).astype(np.float32)
+_TWO_BIT_VALUES = ((np.arange(256)[:, None] >> np.arange(0, 8, 2)) & 3).astype(np.float32) - 1
