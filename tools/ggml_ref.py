@@ -52,6 +52,22 @@ def quantize_row(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     return out.reshape(*x.shape[:-1], x.shape[-1] // block_size * type_size)
 
 
+def quantize_rows(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
+    """ggml's quantize_<type>(src, dst, nrows, n_per_row, imatrix=NULL): what llama-quantize calls.
+
+    For every type but IQ4_NL this is quantize_row_<type>_ref; IQ4_NL's row ref is a cheaper encoder
+    (no scale search) that llama-quantize never uses.
+    """
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    out = np.zeros(x.size // block_size * type_size, dtype=np.uint8)
+    f = getattr(libggml_base(), f"quantize_{_ROW_NAME[qtype]}")
+    f.restype = ctypes.c_size_t
+    f.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    f(x.ctypes.data, out.ctypes.data, x.shape[0], x.shape[1], None)
+    return out.reshape(x.shape[0], -1)
+
+
 def dequantize_row(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     """ggml's dequantize_row_<type>: uint8 (..., bytes) -> float32 (..., k)."""
     block_size, type_size = GGML_QUANT_SIZES[qtype]

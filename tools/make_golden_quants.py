@@ -4,7 +4,9 @@
 
 Writes, under tests/golden/:
 - quant_rows.npz: rows of several characters (Gaussian, heavy-tailed, zeros, ...), each quantized by
-  ggml's quantize_row_<type>_ref and decoded again by dequantize_row_<type>; and random bytes decoded
+  ggml's quantize_<type> without importance matrix (what llama-quantize calls; for every type but
+  IQ4_NL it is quantize_row_<type>_ref, which this script checks) and decoded again by
+  dequantize_row_<type>; and random bytes decoded
   by dequantize_row_<type> (NaN, inf and subnormal fp16 scales included).
 - tiny_stablelm.F32.gguf and tiny_stablelm.<TYPE>.gguf: a small StableLM-shaped model whose tensors
   hold the same characters, quantized by llama.cpp's own llama_model_quantize (pure: every matrix
@@ -84,7 +86,9 @@ def make_row_golden(rng: np.random.Generator) -> dict[str, np.ndarray]:
     for name, rows in row_characters(rng).items():
         arrays[f"rows/{name}"] = rows
         for qtype in QUANTIZED_TYPES:
-            raw = ggml_ref.quantize_row(rows, qtype)
+            raw = ggml_ref.quantize_rows(rows, qtype)
+            if qtype != T.IQ4_NL and not np.array_equal(raw, ggml_ref.quantize_row(rows, qtype)):
+                raise AssertionError(f"quantize_{qtype.name} differs from its row ref on {name}")
             arrays[f"quantized/{qtype.name}/{name}"] = raw
             arrays[f"dequantized/{qtype.name}/{name}"] = ggml_ref.dequantize_row(raw, qtype)
     for qtype in DECODED_TYPES:
