@@ -1,0 +1,133 @@
+"""Q4_K: 256 weights in 144 bytes (4.5 bits per weight): 8 sub-blocks of 32, each with a scale and a min."""
+
+from __future__ import annotations
+
+import numpy as np
+from gguf import GGMLQuantizationType as T
+
+from .base import QuantFormat, f16, struct, u8
+from .ksearch import (byte_fields, get_scale_min_k4, interleave_runs, make_qkx2_quants, pack_scales_mins_k4,
+                      requantize_levels, running_max, scales_mins_k4, sequential_sum,
+                      unpack_scale_min_words)
+from .rounding import nearest_int
+
+
+class Q4_K(QuantFormat):
+    """Q4_K: 256 weights in 144 bytes (4.5 bits per weight), with mins.
+
+    bytes 0-1     d           fp16 super-block scale of the sub-block scales
+    bytes 2-3     dmin        fp16 super-block scale of the sub-block mins
+    bytes 4-15    scales[12]  eight 6-bit scales sc and eight 6-bit mins m (see ksearch.get_scale_min_k4)
+    bytes 16-143  qs[128]     chunk c = 0..3 is qs[32c..32c+31]: its low nibbles are the 32 weights of
+                              sub-block 2c, its high nibbles those of sub-block 2c+1
+
+    decode: x = (d·sc)·q - dmin·m      q in 0..15, sub-block s = i // 32 of weight i
+    encode: each sub-block's scale and min by make_qkx2_quants (weights av_x + |x|, 21 trial scales);
+            the largest of each is stored in d, dmin as max/63, the others as 6-bit multiples of them;
+            then q = nearest((x + dmin·m) / (d·sc)) with the stored values.
+    """
+
+    qtype = T.Q4_K
+    block_dtype = struct(f16("d"), f16("dmin"), u8("scales", 12), u8("qs", 128))
+
+    def dequantize_block(self, block):
+        d, dmin = np.float32(block["d"]), np.float32(block["dmin"])
+        y = np.empty(256, dtype=np.float32)
+        for j in range(0, 256, 64):
+            sub = j // 32
+            sc, m = get_scale_min_k4(sub, block["scales"])
+            d1, m1 = d * np.float32(sc), dmin * np.float32(m)
+            sc, m = get_scale_min_k4(sub + 1, block["scales"])
+            d2, m2 = d * np.float32(sc), dmin * np.float32(m)
+            q = block["qs"][j // 2:j // 2 + 32]
+            y[j:j + 32] = d1 * (q & 0xF).astype(np.float32) - m1
+            y[j + 32:j + 64] = d2 * (q >> 4).astype(np.float32) - m2
+        return y
+
+    def dequantize_blocks(self, blocks):
+        q = split_chunk_nibbles(blocks["qs"])
+        return decode_with_mins(blocks, q)
+
+    def dequantize_blocks_torch(self, blocks):
+        q = torch_chunk_nibbles(self.torch_field(blocks, "qs"))
+        return torch_decode_with_mins(self, blocks, q)
+
+    def quantize_blocks(self, x):
+        d, dmin, scales, levels = quantize_k4(x, nmax=15, rmin=-1.0, nstep=20)
+        out = np.empty(len(x), self.block_dtype)
+        out["d"], out["dmin"], out["scales"] = d, dmin, scales
+        out["qs"] = join_chunk_nibbles(levels)
+        return out
+
+
+# ---- shared with Q5_K -----------------------------------------------------------------------------
+def split_chunk_nibbles(qs: np.ndarray) -> np.ndarray:
+    """(n, 128) bytes -> (n, 8, 32) levels: chunk c's low nibbles are sub-block 2c, its high ones 2c+1."""
+    return interleave_runs(byte_fields(qs, [0, 4], 0xF)).reshape(len(qs), 8, 32)
+
+
+def join_chunk_nibbles(levels: np.ndarray) -> np.ndarray:
+    """(n, 8, 32) levels in 0..15 -> (n, 128) bytes, the inverse of split_chunk_nibbles."""
+    pairs = levels.reshape(len(levels), 4, 2, 32)
+    return (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(len(levels), 128)
+
+
+def decode_with_mins(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """C's ``(d·sc)·q - dmin·m`` for levels q (n, 8, 32) -> float32 (n, 256)."""
+    sc, m = scales_mins_k4(blocks["scales"])
+    y = q.astype(np.float32)
+    y *= (blocks["d"].astype(np.float32)[:, None] * sc)[..., None]       # d·sc first, then ·q
+    y -= (blocks["dmin"].astype(np.float32)[:, None] * m)[..., None]
+    return y.reshape(len(blocks), 256)
+
+
+def torch_chunk_nibbles(qs):
+    import torch
+    shifts = torch.tensor([0, 4], dtype=torch.uint8, device=qs.device).reshape(1, 1, 2, 1)
+    return ((qs.reshape(-1, 4, 1, 32) >> shifts) & 0xF).reshape(-1, 8, 32)
+
+
+def torch_decode_with_mins(fmt: QuantFormat, blocks, q):
+    import torch
+    words = fmt.torch_field(blocks, "scales").contiguous().view(torch.int32)      # (n, 3)
+    unpacked = torch.stack(unpack_scale_min_words(*words.T), dim=1).view(torch.uint8)   # (n, 16)
+    d = (fmt.torch_field(blocks, "d").float()[:, None] * unpacked[:, :8].float())[..., None]
+    dm = (fmt.torch_field(blocks, "dmin").float()[:, None] * unpacked[:, 8:].float())[..., None]
+    return (d * q.float() - dm).reshape(-1, 256)
+
+
+def quantize_k4(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """The encoder Q4_K and Q5_K share (quantize_row_q4_K_ref / q5_K_ref without their bit packing).
+
+    x (n, 256) -> d (n,) fp16, dmin (n,) fp16, scales (n, 12) packed bytes, levels (n, 8, 32) in 0..nmax.
+    """
+    f32 = np.float32
+    sub = x.reshape(-1, 32)                                         # (n·8, 32): one sub-block a row
+    av_x = np.sqrt(sequential_sum((sub * sub).T) / f32(32))
+    weights = av_x[:, None] + np.abs(sub)
+    scales, mins, levels = make_qkx2_quants(sub, weights, nmax, rmin, 0.1, nstep, use_mad=False)
+    scales, mins = scales.reshape(-1, 8), mins.reshape(-1, 8)
+
+    max_scale, max_min = running_max(scales), running_max(mins)
+    ls = _six_bits(_inverse_of_max(max_scale)[:, None] * scales)
+    lm = _six_bits(_inverse_of_max(max_min)[:, None] * mins)
+    d = (max_scale / f32(63)).astype(np.float16)
+    dmin = (max_min / f32(63)).astype(np.float16)
+
+    # the levels again, from the scale and min as the decoder will see them (ls, lm: what
+    # get_scale_min_k4 reads back from the packed bytes)
+    d_sub = d.astype(f32)[:, None] * ls.astype(f32)
+    dm_sub = dmin.astype(f32)[:, None] * lm.astype(f32)
+    levels = requantize_levels(x.reshape(-1, 8, 32), d_sub, dm_sub, levels.reshape(-1, 8, 32), nmax)
+    return d, dmin, pack_scales_mins_k4(ls, lm), levels
+
+
+def _inverse_of_max(max_value: np.ndarray) -> np.ndarray:
+    """C's ``max > 0 ? 63.f/max : 0.f``."""
+    with np.errstate(divide="ignore"):
+        return np.where(max_value > 0, np.float32(63) / max_value, np.float32(0)).astype(np.float32)
+
+
+def _six_bits(v: np.ndarray) -> np.ndarray:
+    """C's ``uint8_t l = nearest_int(v); l = MIN(63, l);`` (the uint8_t store keeps the low 8 bits)."""
+    return np.minimum(nearest_int(v) & 0xFF, 63).astype(np.uint8)
