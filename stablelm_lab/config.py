@@ -7,7 +7,10 @@ per-head q/k norms and a parallel residual (12B); the same config and code serve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from .gguf_file import GGUFError
 
 ARCH = "stablelm"
 ROPE_BASE_DEFAULT = 10000.0  # llama.cpp's default when rope.freq_base is absent
@@ -39,39 +42,95 @@ class StableLMConfig:
 
     @classmethod
     def from_gguf(cls, gguf_file) -> "StableLMConfig":
-        """Read the config of a ``GGUFFile``; a GGUFError when it does not hold a StableLM model."""
-        from .gguf_file import GGUFError
-
-        meta = gguf_file.metadata
+        """Read the config of a ``GGUFFile``; a GGUFError when it does not hold a StableLM model, or when
+        the keys contradict each other or the tensor table (checked before any module is built from them)."""
+        path, meta = gguf_file.path, gguf_file.metadata
         arch = meta.get("general.architecture")
         if arch != ARCH:
-            raise GGUFError(f"{gguf_file.path} holds a {arch!r} model, not a StableLM "
+            raise GGUFError(f"{path} holds a {arch!r} model, not a StableLM "
                             f"(general.architecture must be {ARCH!r})")
 
         def key(name, default=None):
             value = meta.get(f"{ARCH}.{name}", default)
             if value is None:
-                raise GGUFError(f"{gguf_file.path} lacks the metadata key {ARCH}.{name}")
+                raise GGUFError(f"{path} lacks the metadata key {ARCH}.{name}")
             return value
 
+        def count(name, default=None, minimum=1):
+            return _checked_count(path, f"{ARCH}.{name}", key(name, default), minimum)
+
+        def positive(name, default=None):
+            return _checked_positive(path, f"{ARCH}.{name}", key(name, default))
+
         names = set(gguf_file.tensor_info)
-        if "token_embd.weight" not in names:
-            raise GGUFError(f"{gguf_file.path} has no token_embd.weight tensor")
-        n_head = int(key("attention.head_count"))
-        n_embd = int(key("embedding_length"))
-        return cls(
-            n_vocab=gguf_file.tensor_info["token_embd.weight"].shape[0],
+        n_vocab, embd_width = _token_embd_shape(gguf_file)
+        n_head = count("attention.head_count")
+        n_embd = count("embedding_length")
+        config = cls(
+            n_vocab=n_vocab,
             n_embd=n_embd,
-            n_layer=int(key("block_count")),
+            n_layer=count("block_count"),
             n_head=n_head,
-            n_head_kv=int(key("attention.head_count_kv", n_head)),
-            n_ff=int(key("feed_forward_length")),
-            n_ctx=int(key("context_length")),
-            n_rot=int(key("rope.dimension_count", n_embd // n_head)),
-            norm_eps=float(key("attention.layer_norm_epsilon")),
-            rope_base=float(key("rope.freq_base", ROPE_BASE_DEFAULT)),
+            n_head_kv=count("attention.head_count_kv", n_head),
+            n_ff=count("feed_forward_length"),
+            n_ctx=count("context_length"),
+            n_rot=count("rope.dimension_count", n_embd // n_head, minimum=0),
+            norm_eps=positive("attention.layer_norm_epsilon"),
+            rope_base=positive("rope.freq_base", ROPE_BASE_DEFAULT),
             # the use_parallel_residual key is written as True by default by old converters: trust tensors
             parallel_residual="blk.0.ffn_norm.weight" not in names,
             qkv_bias="blk.0.attn_q.bias" in names,
             qk_norm="blk.0.attn_q_norm.weight" in names,
         )
+        config.check(path, embd_width, _blocks_in(names))
+        return config
+
+    def check(self, path: str, embd_width: int, blocks: set[int]) -> None:
+        """The keys agree with each other and with the tensor table (a GGUFError says which do not)."""
+        problems = [
+            (self.n_embd != embd_width,
+             f"{ARCH}.embedding_length is {self.n_embd}, but token_embd.weight rows have {embd_width} weights"),
+            (self.n_embd % self.n_head != 0,
+             f"{ARCH}.embedding_length {self.n_embd} is not a multiple of the head count {self.n_head}"),
+            (self.n_head % self.n_head_kv != 0,
+             f"the head count {self.n_head} is not a multiple of the KV head count {self.n_head_kv}"),
+            (self.n_rot % 2 != 0 or self.n_rot > self.n_embd // self.n_head,
+             f"{ARCH}.rope.dimension_count is {self.n_rot}: rotary needs an even count no larger than "
+             f"the head size {self.n_embd // self.n_head}"),
+            (self.n_layer > len(blocks),  # so a corrupt count builds no more blocks than the file has
+             f"{ARCH}.block_count is {self.n_layer}, but the tensor table only has {_ranges(blocks)}"),
+        ]
+        for failed, problem in problems:
+            if failed:
+                raise GGUFError(f"{path}: {problem}")
+
+
+def _checked_count(path: str, key: str, value, minimum: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+        return value
+    raise GGUFError(f"{path}: the metadata key {key} is {value!r:.60}, not an integer >= {minimum}")
+
+
+def _checked_positive(path: str, key: str, value) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
+    raise GGUFError(f"{path}: the metadata key {key} is {value!r:.60}, not a positive finite number")
+
+
+def _token_embd_shape(gguf_file) -> tuple[int, int]:
+    """(n_vocab, n_embd) as token_embd.weight has them."""
+    info = gguf_file.tensor_info.get("token_embd.weight")
+    if info is None:
+        raise GGUFError(f"{gguf_file.path} has no token_embd.weight tensor")
+    if len(info.shape) != 2:
+        raise GGUFError(f"{gguf_file.path}: token_embd.weight has shape {info.shape}, not (n_vocab, n_embd)")
+    return info.shape
+
+
+def _blocks_in(names) -> set[int]:
+    """The N of every blk.N.* tensor."""
+    return {int(n.split(".")[1]) for n in names if n.startswith("blk.") and n.split(".")[1].isdigit()}
+
+
+def _ranges(numbers: set[int]) -> str:
+    return f"blocks {min(numbers)} to {max(numbers)}" if numbers else "no blocks"

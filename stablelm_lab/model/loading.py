@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from ..gguf_file import GGUFError, GGUFFile
+from ..gguf_file import GGUFError, GGUFFile, TensorInfo, quant_format
 from .layers import GGUFWeights
 from .model import gguf_name
 
@@ -31,11 +31,17 @@ def load_gguf(cls, path_or_file, dtype=torch.float32, device="cpu", lean=False, 
     for name in _progress(names, g, progress):
         module, attr = slots[name]
         info = g.tensor_info[name]
-        if info.shape != module._shape(attr):
-            raise GGUFError(f"{g.path}: tensor {name} has shape {info.shape}, "
-                            f"the config says {module._shape(attr)}")
+        _check_tensor(g, info, module._shape(attr))
         module.load(attr, _to_torch(g.raw(name), device), info.qtype, dtype, lean=lean)
     return model.to(device).eval()
+
+
+def _check_tensor(g: GGUFFile, info: TensorInfo, shape: tuple[int, ...]) -> None:
+    """The tensor has the shape the config asks for, in a type we can decode."""
+    if info.shape != shape:
+        raise GGUFError(f"{g.path}: tensor {info.name} has shape {info.shape}, the config says {shape} "
+                        f"(data at byte {info.offset})", info.offset)
+    quant_format(info, g.path)  # a GGUFError for a type stablelm_lab cannot decode
 
 
 def weight_slots(model) -> dict[str, tuple[GGUFWeights, str]]:
