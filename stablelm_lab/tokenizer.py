@@ -46,7 +46,15 @@ def load_tokenizer(path_or_file):
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in PRE_TOKENIZERS:
         raise GGUFError(f"{g.path} names the pre-tokenizer {pre!r}; known: {', '.join(PRE_TOKENIZERS)}")
-    tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json(meta, pre)))
+    if "tokenizer.ggml.tokens" not in meta:
+        raise GGUFError(f"{g.path} has no tokenizer.ggml.tokens: it carries no vocabulary")
+    try:
+        tokenizer = Tokenizer.from_str(json.dumps(tokenizer_json(meta, pre)))
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # a bad vocabulary makes the Rust library panic: pyo3's PanicException
+        raise GGUFError(f"{g.path}: its tokenizer.ggml.* metadata do not form a valid BPE tokenizer "
+                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
     tokenizer.special_ids = special_ids(meta)  # bos/eos/unk/padding, for generate
     return tokenizer
 

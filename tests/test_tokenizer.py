@@ -101,3 +101,10 @@ def test_unknown_pre_tokenizer_is_refused(original, tmp_path):
                                 tokenizer_pre="no-such-pre")
     with pytest.raises(GGUFError, match="names the pre-tokenizer 'no-such-pre'"):
         load_tokenizer(path)
+
+
+def test_a_vocabulary_the_library_cannot_build_is_a_gguf_error(tmp_path):
+    # merges naming pieces that are not byte-level tokens make tokenizers' Rust code panic
+    path = ggufmaker.write_gguf(tmp_path / "placeholder.gguf", tokenizer="placeholder")
+    with pytest.raises(GGUFError, match="do not form a valid BPE tokenizer"):
+        load_tokenizer(path)
