@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFReader, GGUFValueType, GGUFWriter, Keys
+from gguf import GGUFWriter, Keys
 
 from . import quants
 from .gguf_file import GGUFError, GGUFFile
@@ -68,7 +68,7 @@ def _check_requantize(choices: list[TensorChoice], allow_requantize: bool) -> No
 def _write(g: GGUFFile, path: Path, choices: list[TensorChoice], mix: Mix, progress: bool | None) -> None:
     writer = GGUFWriter(path, g.architecture)
     try:
-        _copy_metadata(g.path, writer)
+        _copy_metadata(g, writer)
         writer.add_uint32(Keys.General.QUANTIZATION_VERSION, GGML_QNT_VERSION)
         writer.add_uint32(Keys.General.FILE_TYPE, int(mix.file_type))
         for c in choices:
@@ -84,18 +84,16 @@ def _write(g: GGUFFile, path: Path, choices: list[TensorChoice], mix: Mix, progr
         writer.close()
 
 
-def _copy_metadata(path: str, writer: GGUFWriter) -> None:
+def _copy_metadata(g: GGUFFile, writer: GGUFWriter) -> None:
     """Every key with its GGUF value type (an i32 stays an i32), in the source's order; the two keys
     llama.cpp rewrites are appended by the caller."""
-    reader = GGUFReader(path, "r")
-    writer.data_alignment = reader.alignment
+    writer.data_alignment = g.alignment
     rewritten = {Keys.General.ARCHITECTURE, Keys.General.QUANTIZATION_VERSION, Keys.General.FILE_TYPE}
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in rewritten:
+    for key, value in g.metadata.items():
+        if key in rewritten:
             continue
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+        value_type, item_type = g.metadata_types[key]
+        writer.add_key_value(key, value, value_type, sub_type=item_type)
 
 
 def convert(g: GGUFFile, choice: TensorChoice, bar=None) -> np.ndarray:
