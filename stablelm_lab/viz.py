@@ -104,3 +104,70 @@ def block_error_figure(block_scale: np.ndarray, block_rmse: np.ndarray, name: st
     fig.update_xaxes(title_text="block scale d", type="log")
     fig.update_yaxes(title_text="block RMSE", type="log")
     return _layout(fig, f"Error per block vs its scale: {name}", 380)
+
+
+# ---- the model ---------------------------------------------------------------------------------------
+def rotary_figure(head_dim: int, n_rot: int, base: float, n_positions: int = 32) -> go.Figure:
+    """The angle each dim pair of one head turns by, per position: only the first n_rot dims turn."""
+    half = n_rot // 2
+    inv_freq = base ** (-np.arange(half) * 2 / n_rot)
+    angle = np.outer(np.arange(n_positions), inv_freq) % (2 * np.pi)      # (positions, pairs)
+    z = np.full((n_positions, head_dim), np.nan)
+    z[:, :half] = angle
+    z[:, half:n_rot] = angle                                               # dim i + n_rot/2 turns with dim i
+    fig = go.Figure(go.Heatmap(z=z, colorscale="Twilight", zmin=0, zmax=2 * np.pi,
+                               colorbar=dict(title="angle"),
+                               hovertemplate="position %{y}<br>dim %{x}<br>angle %{z:.2f} rad<extra></extra>"))
+    fig.add_vline(x=n_rot - 0.5, line=dict(color="black", dash="dash"))
+    fig.update_xaxes(title_text=f"dim of the head (dims {n_rot}..{head_dim - 1}: not rotated)")
+    fig.update_yaxes(title_text="position", autorange="reversed")
+    return _layout(fig, f"Partial rotary: {n_rot} of {head_dim} dims turn, in pairs (i, i + {half})", 420)
+
+
+def attention_figure(probs: np.ndarray, tokens: list[str], title: str) -> go.Figure:
+    """Attention probabilities of one head: query positions (rows) over key positions (columns)."""
+    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
+    fig = go.Figure(go.Heatmap(z=probs, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1,
+                               hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.3f}<extra></extra>"))
+    fig.update_xaxes(title_text="key", tickangle=-60, showticklabels=len(tokens) <= 48)
+    fig.update_yaxes(title_text="query", autorange="reversed", showticklabels=len(tokens) <= 48)
+    return _layout(fig, title, 520)
+
+
+def layer_lines_figure(series: dict[str, np.ndarray], title: str, y_title: str, log: bool = False) -> go.Figure:
+    """One line per named series over the layers (x = layer index)."""
+    fig = go.Figure()
+    for k, (name, values) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(x=np.arange(len(values)), y=values, mode="lines+markers", name=name,
+                                 line=dict(color=PALETTE[k % len(PALETTE)])))
+    fig.update_xaxes(title_text="layer", dtick=1)
+    fig.update_yaxes(title_text=y_title, type="log" if log else "linear")
+    return _layout(fig, title, 380)
+
+
+def logit_lens_figure(top_prob: np.ndarray, top_token: list[list[str]], tokens: list[str]) -> go.Figure:
+    """Per layer (rows) and position (columns): the top next token read from the residual stream."""
+    fig = go.Figure(go.Heatmap(z=top_prob, text=top_token, texttemplate="%{text}", colorscale="Greens",
+                               zmin=0, zmax=1, x=[f"{i}:{t}" for i, t in enumerate(tokens)],
+                               hovertemplate="after layer %{y}<br>position %{x}<br>top: %{text} "
+                                             "(p = %{z:.2f})<extra></extra>"))
+    fig.update_yaxes(title_text="layer", autorange="reversed", dtick=1)
+    fig.update_xaxes(title_text="input position", tickangle=-60)
+    return _layout(fig, "Logit lens: the next token each layer would predict", 420)
+
+
+def next_token_figure(tokens: list[str], probs: np.ndarray, kept: np.ndarray, title: str) -> go.Figure:
+    """The most likely next tokens; the ones a sampler may pick (kept) in colour, the others grey."""
+    colors = [PALETTE[0] if k else "#CCCCCC" for k in kept]
+    fig = go.Figure(go.Bar(x=[repr(t) for t in tokens], y=probs, marker_color=colors,
+                           hovertemplate="%{x}<br>p = %{y:.3f}<extra></extra>"))
+    fig.update_yaxes(title_text="probability", range=[0, 1])
+    fig.update_xaxes(tickangle=-45)
+    return _layout(fig, title, 380)
+
+
+def per_position_figure(values: np.ndarray, tokens: list[str], title: str, y_title: str) -> go.Figure:
+    fig = go.Figure(go.Bar(x=[f"{i}:{t}" for i, t in enumerate(tokens)], y=values, marker_color=PALETTE[3]))
+    fig.update_xaxes(tickangle=-60)
+    fig.update_yaxes(title_text=y_title)
+    return _layout(fig, title, 360)

@@ -51,3 +51,102 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
     update()
     box.update = update
     return box
+
+
+def next_token_explorer(logits, tokenizer, top: int = 20, temperature: float = 0.75,
+                        top_p: float = 0.95) -> W.VBox:
+    """Temperature and top-p sliders over one row of next-token logits (n_vocab,): which tokens stay in play."""
+    import torch
+
+    from .generate import nucleus
+
+    logits = torch.as_tensor(logits).float()
+    t_box = W.FloatSlider(value=temperature, min=0.05, max=2.0, step=0.05, description="temperature",
+                          continuous_update=False)
+    p_box = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top_p",
+                          continuous_update=False)
+    summary = W.HTML()
+    box = W.VBox([W.HBox([t_box, p_box]), summary])
+
+    def update(*_):
+        probs = torch.softmax(logits / t_box.value, dim=-1)
+        kept = nucleus(probs.clone(), p_box.value) > 0 if p_box.value < 1 else probs > 0
+        order = probs.argsort(descending=True)[:top]
+        names = [tokenizer.decode([int(i)]) for i in order]
+        summary.value = (f"{int(kept.sum())} tokens can be sampled; the most likely has p = "
+                         f"{float(probs[order[0]]):.3f}")
+        fig = viz.next_token_figure(names, probs[order].numpy(), kept[order].numpy(),
+                                    f"Next token at temperature {t_box.value:.2f}, top_p {p_box.value:.2f}")
+        box.children = box.children[:2] + (_figure_widget(fig),)
+
+    for control in (t_box, p_box):
+        control.observe(update, names="value")
+    update()
+    box.update = update
+    return box
+
+
+def attention_viewer(acts: dict, tokens: list[str], n_layer: int, n_head: int) -> W.VBox:
+    """Layer and head sliders over the attention probabilities recorded by ``run_with_cache``."""
+    layer_box = W.IntSlider(value=0, min=0, max=n_layer - 1, description="layer", continuous_update=False)
+    head_box = W.IntSlider(value=0, min=0, max=n_head - 1, description="head", continuous_update=False)
+    box = W.VBox([W.HBox([layer_box, head_box])])
+
+    def update(*_):
+        probs = acts[f"blk.{layer_box.value}.kq_soft_max"][0, head_box.value].float().numpy()
+        fig = viz.attention_figure(probs, tokens, f"Layer {layer_box.value}, head {head_box.value}")
+        box.children = box.children[:1] + (_figure_widget(fig),)
+
+    for control in (layer_box, head_box):
+        control.observe(update, names="value")
+    update()
+    box.update = update
+    return box
+
+
+def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K") -> W.VBox:
+    """Pick a tensor of a (preferably unquantized) file and a format: the error that format adds to it.
+
+    The tensor is decoded to float32, quantized with the package's reference quantizer, decoded again and
+    compared: a summary line (RMSE, SNR, max error, blocks that decode to inf/NaN), the error histogram and
+    each block's error against its scale.
+    """
+    from . import metrics
+    from .tensor_stats import nonfinite_blocks
+
+    names = [t.name for t in gguf.tensors if len(t.shape) == 2]
+    formats = [f.name for f in quants.FORMATS.values() if f.block_size > 1 and f.can_quantize]
+    tensor_box = W.Dropdown(options=names, value=tensor or names[0], description="tensor",
+                            layout=W.Layout(width="420px"))
+    type_box = W.Dropdown(options=formats, value=type_name, description="format")
+    summary = W.HTML()
+    box = W.VBox([W.HBox([tensor_box, type_box]), summary])
+
+    def update(*_):
+        fmt = quants.get(type_box.value)
+        original = gguf.dequantize(tensor_box.value)
+        if original.shape[-1] % fmt.block_size:
+            summary.value = (f"<b>{tensor_box.value}</b> rows have {original.shape[-1]} weights: not a multiple "
+                             f"of {fmt.name}'s {fmt.block_size}, so llama.cpp would not use {fmt.name} here.")
+            box.children = box.children[:2]
+            return
+        raw = fmt.quantize(original)
+        decoded = fmt.dequantize(raw)
+        bad = nonfinite_blocks(raw, fmt.qtype)
+        err = metrics.tensor_error(original, decoded)
+        summary.value = (f"<b>{tensor_box.value}</b> in <b>{fmt.name}</b> ({fmt.bits_per_weight:g} bits/weight): "
+                         f"{err}" + (f"; <b>{len(bad)} blocks decode to inf/NaN</b>" if len(bad) else ""))
+        figures = [viz.error_histogram(original, decoded, f"{tensor_box.value} as {fmt.name}")]
+        if "d" in fmt.block_dtype.names:
+            blocks = raw.reshape(-1, fmt.type_size).view(fmt.block_dtype)[:, 0]
+            diff = (decoded - original).reshape(-1, fmt.block_size).astype(np.float64)
+            block_rmse = np.sqrt(np.mean(diff ** 2, axis=1))
+            figures.append(viz.block_error_figure(np.abs(blocks["d"].astype(np.float32)), block_rmse,
+                                                  f"{tensor_box.value} as {fmt.name}"))
+        box.children = box.children[:2] + tuple(_figure_widget(f) for f in figures)
+
+    for control in (tensor_box, type_box):
+        control.observe(update, names="value")
+    update()
+    box.update = update
+    return box
