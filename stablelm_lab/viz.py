@@ -26,7 +26,7 @@ def block_figure(fmt: QuantFormat, raw_block: np.ndarray, title: str | None = No
     owner = byte_owner(fmt)
     names = list(fmt.block_dtype.names)
     n_rows = -(-fmt.type_size // BYTES_PER_ROW)
-    z = np.full((n_rows, BYTES_PER_ROW), np.nan)
+    z = np.full((n_rows, BYTES_PER_ROW), None, dtype=object)  # None, not NaN: widgets send JSON
     text = np.full((n_rows, BYTES_PER_ROW), "", dtype=object)
     hover = np.full((n_rows, BYTES_PER_ROW), "", dtype=object)
     for i, (field, byte) in enumerate(zip(owner, raw_block)):
@@ -39,9 +39,9 @@ def block_figure(fmt: QuantFormat, raw_block: np.ndarray, title: str | None = No
                         subplot_titles=(f"{fmt.type_size} bytes, coloured by field",
                                         f"{fmt.block_size} weights it decodes to"))
     colorscale = _discrete_colorscale(len(names))
-    fig.add_trace(go.Heatmap(z=z, text=text, texttemplate="%{text}", hovertext=hover, hoverinfo="text",
-                             colorscale=colorscale, zmin=-0.5, zmax=len(names) - 0.5, showscale=False,
-                             xgap=2, ygap=2), row=1, col=1)
+    fig.add_trace(go.Heatmap(z=z.tolist(), text=text.tolist(), texttemplate="%{text}",
+                             hovertext=hover.tolist(), hoverinfo="text", colorscale=colorscale,
+                             zmin=-0.5, zmax=len(names) - 0.5, showscale=False, xgap=2, ygap=2), row=1, col=1)
     for k, name in enumerate(names):  # a legend entry per field
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
                                  marker=dict(size=12, symbol="square", color=PALETTE[k % len(PALETTE)])),
