@@ -2,6 +2,7 @@
 
 from . import quants
 from .config import StableLMConfig
+from .default_model import default_gguf, embedded_gguf
 from .generate import generate
 from .gguf_file import GGUFError, GGUFFile
 from .model import StableLM
