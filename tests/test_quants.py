@@ -141,6 +141,86 @@ def test_decoders_keep_leading_dimensions(fmt):
     assert tuple(fmt.dequantize_torch(torch.from_numpy(raw)).shape) == expected_shape
 
 
+# ---- ggml's rounding ---------------------------------------------------------------------------------
+def test_nearest_int_is_ggml_bit_trick_everywhere():
+    """ggml's nearest_int adds 1.5·2^23 and keeps the low 23 bits, minus 2^22 (values derived by hand)."""
+    from stablelm_lab.quants.rounding import nearest_int
+    v = np.array([2.5, -2.5, 3.5, 0.49999997, -0.0, 4194303.0,
+                  np.nan, np.inf, -np.inf,      # NaN: mantissa 0x400000 -> 0; inf: mantissa 0 -> -2^22
+                  4194304.5,                    # + 1.5·2^23 = 16777216.5 rounds to 2^24: mantissa 0
+                  5e6], dtype=np.float32)       # 17582912 = 2^24 + 2·402848: 402848 - 2^22
+    expected = [2, -2, 4, 0, 0, 4194303, 0, -4194304, -4194304, -4194304, 402848 - 4194304]
+    with np.errstate(invalid="ignore"):
+        assert nearest_int(v).tolist() == expected
+
+
+def test_tq1_0_trit_planes_equal_the_c_formula():
+    from stablelm_lab.quants.ternary import trit, trit_plane
+    every_byte = np.arange(256, dtype=np.uint8)
+    for n in range(5):
+        assert np.array_equal(trit_plane(every_byte, n), trit(np.arange(256), n)), n
+
+
+# ---- packed scales: the fast unpacking equals the readable formula for every input ------------------
+def zero_and_one_bit_inputs(n_bytes: int) -> np.ndarray:
+    """The zero input and the 8·n_bytes inputs with a single bit set, as rows of bytes.
+
+    Unpackings that only shift, mask and OR disjoint bit fields are linear maps over GF(2) (and send zero
+    to zero); two linear maps that agree on the one-bit inputs, a basis, agree on all 2^(8·n_bytes).
+    A few random inputs are added as a check on that linearity, not as the proof.
+    """
+    one_bit = np.packbits(np.eye(8 * n_bytes, dtype=np.uint8), axis=1, bitorder="little")
+    rng = np.random.default_rng(5)
+    return np.vstack([np.zeros((1, n_bytes), np.uint8), one_bit,
+                      rng.integers(0, 256, (16, n_bytes), dtype=np.uint8)])
+
+
+def test_q3_k_scale_unpacking_equals_the_index_formula():
+    from stablelm_lab.quants.q3_k import scale_value, unpack_scale_words, unpack_scales
+    packed = zero_and_one_bit_inputs(12)
+    readable = np.array([[scale_value(row, s) + 32 for s in range(16)] for row in packed])
+    assert np.array_equal(unpack_scales(packed), readable)
+    words = torch.from_numpy(packed.copy()).view(torch.int32)          # torch: signed words
+    fast_torch = torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.uint8)
+    assert np.array_equal(fast_torch.numpy(), readable)
+
+
+def test_q4_k_scale_min_unpacking_equals_get_scale_min_k4():
+    from stablelm_lab.quants.ksearch import get_scale_min_k4, scales_mins_k4, unpack_scale_min_words
+    packed = zero_and_one_bit_inputs(12)
+    readable = np.array([[get_scale_min_k4(j, row) for j in range(8)] for row in packed])  # (n, j, sc/m)
+    scales, mins = scales_mins_k4(packed)
+    assert np.array_equal(scales, readable[:, :, 0]) and np.array_equal(mins, readable[:, :, 1])
+    words = torch.from_numpy(packed.copy()).view(torch.int32)
+    fast_torch = torch.stack(unpack_scale_min_words(*words.T), dim=1).view(torch.uint8).numpy()
+    assert np.array_equal(fast_torch[:, :8], readable[:, :, 0])
+    assert np.array_equal(fast_torch[:, 8:], readable[:, :, 1])
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
+def test_kernels_write_into_out_and_any_split_decodes_alike(fmt, monkeypatch):
+    """The kernels fill a given output; small steps, threads and torch's chunks change no bit."""
+    from stablelm_lab.quants import base
+    raw = random_bytes(fmt, 64, seed=2)
+    truth = gguf_py_dequantize(raw, fmt).reshape(-1, fmt.block_size)
+    blocks = raw.reshape(-1, fmt.type_size).view(fmt.block_dtype)[:, 0]
+    out = np.full(truth.shape, np.nan, dtype=np.float32)
+    with np.errstate(all="ignore"):
+        assert fmt.dequantize_blocks(blocks, out) is out
+    assert_same_bits(out, truth, fmt.block_size, f"{fmt.name} numpy into out")
+    out_torch = torch.full(truth.shape, float("nan"))
+    blocks_torch = torch.from_numpy(raw).reshape(-1, fmt.type_size)
+    assert fmt.dequantize_blocks_torch(blocks_torch, out_torch) is out_torch
+    assert_same_bits(out_torch.numpy(), truth, fmt.block_size, f"{fmt.name} torch into out")
+
+    monkeypatch.setattr(base, "THREADS", 3)
+    monkeypatch.setattr(base, "CHUNK_WEIGHTS_THREADED", 5 * fmt.block_size)  # 13 steps over 3 threads
+    monkeypatch.setattr(base, "CHUNK_WEIGHTS_TORCH_CPU", 5 * fmt.block_size)
+    assert_same_bits(fmt.dequantize(raw).reshape(truth.shape), truth, fmt.block_size, f"{fmt.name} threads")
+    assert_same_bits(fmt.dequantize_torch(torch.from_numpy(raw)).numpy().reshape(truth.shape), truth,
+                     fmt.block_size, f"{fmt.name} torch chunks")
+
+
 # ---- encoding -----------------------------------------------------------------------------------------
 QUANTIZERS = [f for f in BLOCK_FORMATS if f.can_quantize]
 

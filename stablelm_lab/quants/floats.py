@@ -25,12 +25,14 @@ class F32(QuantFormat):
     def dequantize_block(self, block):
         return np.array([block["value"]], dtype=np.float32)
 
-    def dequantize_blocks(self, blocks):
-        return blocks["value"].astype(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        out = self.weights_for(blocks, out)
+        out[:, 0] = blocks["value"]
+        return out
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        return blocks.contiguous().view(torch.float32)
+        return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float32))
 
     def quantize_blocks(self, x):
         return x[:, 0].astype("<f4").view(self.block_dtype)
@@ -49,12 +51,14 @@ class F16(QuantFormat):
     def dequantize_block(self, block):
         return np.array([block["value"]], dtype=np.float32)
 
-    def dequantize_blocks(self, blocks):
-        return blocks["value"].astype(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        out = self.weights_for(blocks, out)
+        out[:, 0] = blocks["value"]                                  # exact widening
+        return out
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        return blocks.contiguous().view(torch.float16).float()
+        return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float16))
 
     def quantize_blocks(self, x):
         return x[:, 0].astype("<f2").view(self.block_dtype)
@@ -75,12 +79,14 @@ class BF16(QuantFormat):
     def dequantize_block(self, block):
         return np.array([int(block["bits"]) << 16], dtype=np.uint32).view(np.float32)
 
-    def dequantize_blocks(self, blocks):
-        return (blocks["bits"].astype(np.uint32) << 16).view(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        out = self.weights_for(blocks, out)
+        np.left_shift(blocks["bits"], 16, out=out.view(np.uint32)[:, 0], dtype=np.uint32)
+        return out
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        return blocks.contiguous().view(torch.bfloat16).float()
+        return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.bfloat16))
 
     def quantize_blocks(self, x):
         u = x[:, 0].view(np.uint32).astype(np.uint64)

@@ -19,28 +19,17 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import CHUNK_WEIGHTS, QuantFormat, f16, struct, u8
-from .legacy import _inverse, _signed_absmax, _torch_nibbles, join_nibbles
+from .base import QuantFormat, f16, struct, u8
+from .bits import join_nibbles, lookup_rows
+from .cfloat import GROUP_MAX_EPS, inverse, sequential_sum, signed_absmax
 from .rounding import nearest_int
 
 #: ggml-common.h's kvalues_iq4nl, indexed by the nibble.
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
                          dtype=np.int8)
 _VALUES = KVALUES_IQ4NL.astype(np.float32)
-#: Sub-blocks whose largest magnitude is below this get scale 0 and keep no fresh nibbles (ggml-quants.c).
-GROUP_MAX_EPS = np.float32(1e-15)
-
-
-def lookup_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """table[index] for a (256, k) float32 table and uint8 indices: (..., k) float32.
-
-    Each row is gathered as one opaque item by np.take, several times faster than fancy indexing floats.
-    (8-byte rows go as uint64: numpy's take is slow for float64 and 8-byte void items.)
-    """
-    k = table.shape[1]
-    item = np.uint64 if k == 2 else np.dtype((np.void, 4 * k))
-    rows = np.ascontiguousarray(table, dtype=np.float32).view(item).reshape(-1)
-    return np.take(rows, index).view(np.float32).reshape(*index.shape, k)
+#: Weights the quantizer's scale searches handle per step (their temporaries are a few times this).
+SEARCH_CHUNK_WEIGHTS = 1 << 16
 
 
 #: The values of the low and the high nibble of every byte, for the vectorized decoders.
@@ -78,22 +67,25 @@ class IQ4_NL(QuantFormat):
             y[j + 16] = d * _VALUES[qs[j] >> 4]
         return y
 
-    def dequantize_blocks(self, blocks):
-        return decode_nibble_pairs(blocks["qs"], blocks["d"].astype(np.float32), NIBBLE_VALUES)
+    def dequantize_blocks(self, blocks, out=None):
+        d = blocks["d"].astype(np.float32)
+        qs = self.field_bytes(blocks, "qs")
+        return decode_nibble_pairs(qs, d, NIBBLE_VALUES, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks):
-        d = self.torch_field(blocks, "d").float()[:, None]
-        return _torch_codebook(self.torch_field(blocks, "qs")) * d
+    def dequantize_blocks_torch(self, blocks, out=None):
+        d = self.torch_field(blocks, "d").float()
+        return torch_decode_nibble_pairs(self.torch_field(blocks, "qs"), d, NIBBLE_VALUES,
+                                         self.torch_weights_for(blocks, out))
 
     def quantize_blocks(self, x):
         d = np.empty(len(x), dtype=np.float32)
         nibbles = np.empty(x.shape, dtype=np.uint8)
         skipped = np.empty(len(x), dtype=bool)
-        for start in range(0, len(x), CHUNK_WEIGHTS // 32):
-            chunk = slice(start, start + CHUNK_WEIGHTS // 32)
+        for start in range(0, len(x), SEARCH_CHUNK_WEIGHTS // 32):
+            chunk = slice(start, start + SEARCH_CHUNK_WEIGHTS // 32)
             d[chunk], nibbles[chunk], skipped[chunk] = _sub_block_scales(x[chunk], self.ntry)
             if self.ntry > 0:
-                nibbles[chunk] = best_index_int8(_inverse(d[chunk])[:, None] * x[chunk])
+                nibbles[chunk] = best_index_int8(inverse(d[chunk])[:, None] * x[chunk])
         if self.ntry <= 0:
             nibbles = _reuse_previous_nibbles(nibbles, skipped)
         out = np.empty(len(x), self.block_dtype)
@@ -133,14 +125,14 @@ class IQ4_XS(QuantFormat):
                 y[32 * ib + j + 16] = dl * _VALUES[qs[j] >> 4]
         return y
 
-    def dequantize_blocks(self, blocks):
+    def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         ls = _six_bit_scales(blocks["scales_l"], blocks["scales_h"])
         dl = blocks["d"].astype(np.float32)[:, None] * _SCALE_MINUS_32[ls]            # (n, 8)
-        y = decode_nibble_pairs(blocks["qs"].reshape(n * 8, 16), dl.reshape(n * 8), NIBBLE_VALUES)
-        return y.reshape(n, 256)
+        return decode_nibble_pairs(self.field_bytes(blocks, "qs").reshape(n * 8, 16), dl.reshape(n * 8),
+                                   NIBBLE_VALUES, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
         n = blocks.shape[0]
         scales_l = self.torch_field(blocks, "scales_l")
@@ -148,25 +140,21 @@ class IQ4_XS(QuantFormat):
         low = torch.stack([scales_l & 0x0F, scales_l >> 4], dim=-1).reshape(n, 8).to(torch.int32)
         shifts = torch.arange(0, 16, 2, device=blocks.device, dtype=torch.int32)
         ls = low | (((scales_h[:, None] >> shifts) & 3) << 4)
-        dl = self.torch_field(blocks, "d").float()[:, None] * (ls - 32).float()         # (n, 8)
-        values = _torch_codebook(self.torch_field(blocks, "qs").reshape(n * 8, 16))
-        return (dl.reshape(n * 8, 1) * values).reshape(n, 256)
+        dl = self.torch_field(blocks, "d").float()[:, None] * (ls - 32)                  # (n, 8)
+        qs = self.torch_field(blocks, "qs").unflatten(1, (8, 16))                      # (n, 8, 16)
+        return torch_decode_nibble_pairs(qs, dl, NIBBLE_VALUES, self.torch_weights_for(blocks, out))
 
     def quantize_blocks(self, x):
-        out = np.empty(len(x), self.block_dtype)
-        for start in range(0, len(x), CHUNK_WEIGHTS // 256):
-            chunk = slice(start, start + CHUNK_WEIGHTS // 256)
-            out[chunk] = self._quantize_super_blocks(x[chunk])
-        return out
+        return self.quantize_in_chunks(x, self._quantize_super_blocks, SEARCH_CHUNK_WEIGHTS // 256)
 
     def _quantize_super_blocks(self, x):
         n = len(x)
         sub_blocks = x.reshape(n * 8, 32)
         scales = _sub_block_scales(sub_blocks, ntry=7)[0].reshape(n, 8)
-        d = -_first_largest_magnitude(scales) / np.float32(32)
-        l = np.clip(_nearest_int_c(_inverse(d)[:, None] * scales), -32, 31)
+        d = -signed_absmax(scales, axis=1) / np.float32(32)
+        l = np.clip(nearest_int(inverse(d)[:, None] * scales), -32, 31)
         dl = d[:, None] * l.astype(np.float32)
-        nibbles = best_index_int8(_inverse(dl.reshape(-1))[:, None] * sub_blocks)
+        nibbles = best_index_int8(inverse(dl.reshape(-1))[:, None] * sub_blocks)
         ls = (l + 32).astype(np.uint8)
         out = np.empty(n, self.block_dtype)
         out["d"] = d
@@ -189,19 +177,29 @@ def _six_bit_scales(scales_l: np.ndarray, scales_h: np.ndarray) -> np.ndarray:
     return low | (high.astype(np.uint8) << 4)
 
 
-def decode_nibble_pairs(qs: np.ndarray, d: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """(m, 16) bytes of nibble pairs and (m,) float32 scales -> (m, 32) weights d · value, the low nibbles
-    first (weights 0..15) and the high nibbles after (16..31); values is a (256, 2) table per byte."""
+def decode_nibble_pairs(qs: np.ndarray, d: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """(m, 16) bytes of nibble pairs and (m,) float32 scales -> (m, 32) weights d · value into out, the
+    low nibbles first (weights 0..15) and the high nibbles after (16..31); values is a (256, 2) table
+    per byte."""
     pairs = lookup_rows(values, qs)                                         # (m, 16, low/high)
-    pairs *= d[:, None, None]
-    return pairs.transpose(0, 2, 1).reshape(-1, 32)
+    pairs *= d[:, None, None]                                               # d·value, in cache
+    out.reshape(-1, 2, 16)[...] = pairs.transpose(0, 2, 1)
+    return out
 
 
-def _torch_codebook(qs):
-    """(m, 16) uint8 tensor of nibble pairs -> (m, 32) float32 codebook values, low nibbles first."""
+def torch_decode_nibble_pairs(qs, d, values: np.ndarray, out):
+    """decode_nibble_pairs in torch: qs (..., 16) bytes, d (...) float32 scales -> out.
+
+    Each pair of values is fetched as one int64 by index_select: ten times faster on the CPU than
+    indexing a (256, 2) float table.
+    """
     import torch
-    values = torch.from_numpy(_VALUES).to(qs.device)
-    return values[_torch_nibbles(qs).long()]
+    table = torch.from_numpy(values).view(torch.int64).reshape(256).to(qs.device)
+    pairs = torch.index_select(table, 0, qs.reshape(-1).int()).view(torch.float32)
+    pairs = pairs.view(*qs.shape, 2)                                           # (..., 16, low/high)
+    pairs *= d[..., None, None]                                                # d·value, in cache
+    out.view(*qs.shape[:-1], 2, 16).copy_(pairs.transpose(-1, -2))
+    return out
 
 
 # ---- encode: quantize_row_iq4_nl_impl, vectorized over sub-blocks ---------------------------------
@@ -223,13 +221,8 @@ def _weighted_sums(x: np.ndarray, q: np.ndarray, weight: np.ndarray):
 
     The arrays are (32, m): weight index first, so that each step adds one contiguous row.
     """
-    sumqx = np.zeros(x.shape[1], dtype=np.float32)
-    sumq2 = np.zeros(x.shape[1], dtype=np.float32)
-    for j in range(x.shape[0]):
-        wq = weight[j] * q[j]
-        sumqx += wq * x[j]
-        sumq2 += wq * q[j]
-    return sumqx, sumq2
+    wq = weight * q
+    return sequential_sum(wq * x), sequential_sum(wq * q)
 
 
 def _sub_block_scales(x: np.ndarray, ntry: int):
@@ -239,7 +232,7 @@ def _sub_block_scales(x: np.ndarray, ntry: int):
     skipped (amax < GROUP_MAX_EPS: scale 0, nibbles not written). ntry > 0 starts from d = max/127 and
     also tries 1/d = (itry - 127)/max for itry = -ntry..ntry; ntry <= 0 starts from d = max/-127 only.
     """
-    amax_signed = _signed_absmax(x)
+    amax_signed = signed_absmax(x, axis=1)
     skipped = np.abs(amax_signed) < GROUP_MAX_EPS
     xt = np.ascontiguousarray(x.T)                                          # (32, m)
     weight = xt * xt
@@ -256,18 +249,6 @@ def _sub_block_scales(x: np.ndarray, ntry: int):
         d = np.where(better, sumqx / sumq2, d)
         best = np.where(better, d * sumqx, best)
     return np.where(skipped, np.float32(0), d), nibbles.T, skipped
-
-
-def _first_largest_magnitude(scales: np.ndarray) -> np.ndarray:
-    """Per row, the first scale of largest |scale|, or 0: C's strict `>` from 0 passes over NaNs."""
-    magnitude = np.nan_to_num(np.abs(scales), nan=0)
-    first = np.take_along_axis(scales, magnitude.argmax(axis=1)[:, None], axis=1)[:, 0]
-    return np.where(magnitude.max(axis=1) > 0, first, np.float32(0))
-
-
-def _nearest_int_c(v: np.ndarray) -> np.ndarray:
-    """ggml's nearest_int, NaN included: its magic-number trick turns a NaN into 0 (np.rint does not)."""
-    return np.where(np.isnan(v), 0, nearest_int(np.nan_to_num(v, nan=0)))
 
 
 def _reuse_previous_nibbles(nibbles: np.ndarray, skipped: np.ndarray) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""What the K-quants with a min (Q2_K, Q4_K, Q5_K) share: the scale/min search and the 6-bit packing.
+"""What the K-quant quantizers share: make_qkx2_quants, the last pass, and the 6-bit scale/min packing.
 
-ggml's reference quantizers of these three types fit every sub-block with ``x ≈ scale·q - min`` using
-``make_qkx2_quants``: a first guess from the sub-block's range, then ``nstep + 1`` trial scales, each
-followed by the weighted least-squares scale and min for the levels it chose; the trial with the
+ggml's reference quantizers of Q2_K, Q4_K and Q5_K fit every sub-block with ``x ≈ scale·q - min``
+using ``make_qkx2_quants``: a first guess from the sub-block's range, then ``nstep + 1`` trial scales,
+each followed by the weighted least-squares scale and min for the levels it chose; the trial with the
 smallest weighted error wins. Here the search runs for many sub-blocks at once, with the exact float32
-operations of the C code, in its order. After it, the scales and mins are quantized themselves, and
-``requantize_levels`` chooses every level again from the stored values.
+operations of the C code, in its order. (Q3_K and Q6_K search symmetric scales instead, with
+make_q3_quants and make_qx_quants, through ``search_sub_blocks``.) After the search, the scales and
+mins are quantized themselves, and ``requantize_levels`` chooses every level again from the stored
+values, in all five.
 
 Q4_K and Q5_K then store the eight 6-bit scales and eight 6-bit mins of a super-block in 12 bytes
 (``get_scale_min_k4`` reads them back):
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .cfloat import sequential_sum
 from .rounding import nearest_int
 
 #: Sub-blocks searched per step: the search's temporaries then stay in cache.
@@ -32,6 +35,12 @@ def get_scale_min_k4(j: int, q: np.ndarray) -> tuple[int, int]:
     if j < 4:
         return q[j] & 63, q[j + 4] & 63
     return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
+
+
+def sub_block_scale_min(j: int, block) -> tuple[np.float32, np.float32]:
+    """``d·sc`` and ``dmin·m`` of sub-block j of a Q4_K/Q5_K block, float32, as dequantize_row_q4_K."""
+    sc, m = get_scale_min_k4(j, block["scales"])
+    return np.float32(block["d"]) * np.float32(sc), np.float32(block["dmin"]) * np.float32(m)
 
 
 def unpack_scale_min_words(low, high, mixed):
@@ -60,53 +69,6 @@ def pack_scales_mins_k4(scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
         mins[:, :4] | ((mins[:, 4:] >> 4) << 6),
         (scales[:, 4:] & 0xF) | ((mins[:, 4:] & 0xF) << 4),
     ], axis=1)
-
-
-# ---- bit planes, fast ------------------------------------------------------------------------------
-def byte_fields(data: np.ndarray, shifts, mask: int) -> np.ndarray:
-    """(n, k) bytes -> (len(shifts), n, k): the field ``(b >> s) & mask`` of every byte b, for each s.
-
-    Works on little-endian 64-bit words, eight bytes at a time (k must be a multiple of 8): the byte
-    mask drops the bits that a shift carries over from the neighbouring byte.
-    """
-    words = data.view("<u8")[None]                                        # (1, n, k/8)
-    shifts = np.asarray(shifts, dtype=np.uint64).reshape(-1, 1, 1)
-    fields = (words >> shifts) & np.uint64(mask * 0x0101010101010101)
-    return fields.view(np.uint8)
-
-
-def interleave_runs(parts) -> np.ndarray:
-    """Parts (p, n, k·32) -> (n, k, p, 32): run r of part j (its bytes 32r..32r+31) goes to [:, r, j],
-    the order in which the K-quants lay out their bit planes.
-
-    Copies each run of 32 bytes as one numpy 'V32' item: far fewer, longer copies than broadcasting.
-    """
-    n, k = parts[0].shape[0], parts[0].shape[1] // 32
-    out = np.empty((n, k, len(parts), 32), dtype=np.uint8)
-    runs = out.view("V32")[..., 0]                                        # (n, k, p)
-    for j, part in enumerate(parts):
-        runs[:, :, j] = np.ascontiguousarray(part).view("V32")
-    return out
-
-
-# ---- float32 sums in C's order --------------------------------------------------------------------
-def sequential_sum(terms: np.ndarray) -> np.ndarray:
-    """C's ``float s = 0; for (i...) s += terms[i];`` for every column of terms (n, m) at once.
-
-    np.sum adds pairwise and rounds differently; this adds one row at a time, as the C loop does.
-    """
-    total = np.zeros(terms.shape[1:], dtype=np.float32)
-    for term in terms:
-        total += term
-    return total
-
-
-def running_max(values: np.ndarray) -> np.ndarray:
-    """C's ``float max = 0; for (j...) if (v[j] > max) max = v[j];`` along axis 1 of values (n, k)."""
-    result = np.zeros(len(values), dtype=np.float32)
-    for column in values.T:
-        result = np.where(column > result, column, result)
-    return result
 
 
 # ---- make_qkx2_quants -----------------------------------------------------------------------------
@@ -194,24 +156,25 @@ def _weighted_error(scale, the_min, levels, x_t, w_t, use_mad: bool) -> np.ndarr
 
 
 # ---- the last pass -------------------------------------------------------------------------------
-def requantize_levels(x: np.ndarray, d: np.ndarray, dm: np.ndarray, levels: np.ndarray,
-                      nmax: int) -> np.ndarray:
-    """The last pass of the K-quantizers: levels again, from the scale and min as they are stored.
+def requantize_levels(x: np.ndarray, d: np.ndarray, levels: np.ndarray, lowest: int, highest: int,
+                      dm: np.ndarray | None = None) -> np.ndarray:
+    """The last pass of every K-quantizer: levels again, from the scales (and mins) as they are stored.
 
-    x (n, k, size) weights, d and dm (n, k) the decoded sub-block scale and min, levels (n, k, size)
-    from the search. C's ``if (!d) continue;`` keeps the search's levels where d is zero.
+    x (n, k, size) weights, d (n, k) the decoded sub-block scales, levels (n, k, size) from the search.
+    level = clamp(nearest_int(x/d), lowest, highest) - lowest, or with a min dm (n, k):
+    clamp(nearest_int((x + dm)/d), lowest, highest). C's ``if (!d) continue;`` keeps the search's
+    levels where d is zero. Returns uint8.
     """
-    d, dm = d[..., None], dm[..., None]
-    new = np.clip(nearest_int_unbounded((x + dm) / d), 0, nmax).astype(np.uint8)
-    return np.where(d != 0, new, levels)
+    d = d[..., None]
+    v = x / d if dm is None else (x + dm[..., None]) / d
+    new = np.clip(nearest_int(v), lowest, highest) - lowest
+    return np.where(d != 0, new, levels).astype(np.uint8)
 
 
-def nearest_int_unbounded(v: np.ndarray) -> np.ndarray:
-    """ggml's nearest_int for every float: add 1.5·2^23, keep the low 23 bits of the sum, minus 2^22.
-
-    Equal to rounding.nearest_int (np.rint) for |v| <= 2^22. Beyond that bound, which ggml's assert
-    guards only in debug builds, C returns wrapped-around bits, and so does this. Only the last pass
-    meets such values: (x + dm)/d explodes where a sub-block's range is a few ulps of a large offset.
-    """
-    bits = (np.asarray(v, dtype=np.float32) + np.float32(12582912)).view(np.int32)
-    return (bits & 0x007FFFFF) - 0x00400000
+def search_sub_blocks(x: np.ndarray, search, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run a symmetric scale search (make_qx_quants, make_q3_quants) on the 16 sub-blocks of 16 weights
+    of every super-block of x (n, 256): scales (n, 16) and levels (n, 16, 16) in 0..2·nmax-1."""
+    n = len(x)
+    groups = np.ascontiguousarray(x.reshape(n * 16, 16).T)   # (16, n·16): element i of each sub-block
+    scales, levels = search(groups, nmax=nmax)
+    return scales.reshape(n, 16), levels.T.reshape(n, 16, 16)

@@ -15,25 +15,20 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, i8, struct, u8
-from .rounding import round_away_from_zero
+from .base import QuantFormat, f16, i8, scale_levels, struct, u8
+from .bits import join_nibbles, split_nibbles, torch_nibbles
+from .cfloat import inverse, signed_absmax
+from .rounding import round_away_from_zero, truncate
 
 
-# ---- nibbles and the fifth bit, shared by the 4- and 5-bit types ----------------------------------
-def split_nibbles(qs: np.ndarray) -> np.ndarray:
-    """(..., 16) bytes -> (..., 32) values: low nibbles are weights 0..15, high nibbles 16..31."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
-
-
-def join_nibbles(q: np.ndarray) -> np.ndarray:
-    """(..., 32) values in 0..15 -> (..., 16) bytes, the inverse of split_nibbles."""
-    return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
-
-
+# ---- the fifth bit of the 5-bit types ----------------------------------------------------------
 def fifth_bits(qh: np.ndarray) -> np.ndarray:
-    """(..., 4) bytes of a little-endian uint32 -> (..., 32) values 0 or 16: bit j belongs to weight j."""
-    bits = np.unpackbits(qh, axis=-1, bitorder="little")
-    return bits << 4
+    """(n, 4) bytes of a little-endian uint32 -> (n, 32) values 0 or 16: bit j belongs to weight j.
+
+    Unpacked as one flat run of bits (qh must be contiguous): one long loop instead of one per block.
+    """
+    bits = np.unpackbits(qh.reshape(-1), bitorder="little")
+    return (bits << 4).reshape(len(qh), 32)
 
 
 def pack_fifth_bits(q: np.ndarray) -> np.ndarray:
@@ -41,16 +36,17 @@ def pack_fifth_bits(q: np.ndarray) -> np.ndarray:
     return np.packbits((q >> 4) & 1, axis=-1, bitorder="little")
 
 
-def _torch_nibbles(qs):
-    import torch
-    return torch.cat([qs & 0x0F, qs >> 4], dim=-1)
+#: For every byte value, its eight bits as eight bytes 0 or 16, lowest bit first.
+_FIFTH_BITS_OF_BYTE = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") << 4
 
 
 def _torch_fifth_bits(qh):
+    """fifth_bits in torch: the eight bytes of each byte of qh (n, 4) fetched as one int64 by index_select
+    (torch shifts by a tensor of shift counts slowly, and indexes a 2-D table slowly)."""
     import torch
-    shifts = torch.arange(8, device=qh.device, dtype=torch.uint8)
-    bits = (qh.unsqueeze(-1) >> shifts) & 1            # (n, 4, 8): byte b, bit s -> weight 8b + s
-    return bits.reshape(*qh.shape[:-1], 32) << 4
+    table = torch.from_numpy(_FIFTH_BITS_OF_BYTE).view(torch.int64).reshape(256).to(qh.device)
+    bits = torch.index_select(table, 0, qh.reshape(-1).int()).view(torch.uint8)
+    return bits.view(qh.shape[0], 32)                                 # byte b, bit s -> weight 8b + s
 
 
 class Q4_0(QuantFormat):
@@ -75,19 +71,22 @@ class Q4_0(QuantFormat):
             y[j + 16] = np.float32((int(block["qs"][j]) >> 4) - 8) * d
         return y
 
-    def dequantize_blocks(self, blocks):
-        q = split_nibbles(blocks["qs"]).view(np.int8) - np.int8(8)
-        return q.astype(np.float32) * blocks["d"].astype(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
+        q -= np.uint8(8)                                                     # wraps: read as int8
+        d = blocks["d"].astype(np.float32)[:, None]
+        return scale_levels(self.weights_for(blocks, out), q.view(np.int8), d)
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        q = _torch_nibbles(self.torch_field(blocks, "qs")).to(torch.int8) - 8
-        return q.float() * self.torch_field(blocks, "d").float()[:, None]
+        q = torch_nibbles(self.torch_field(blocks, "qs")).view(torch.int8) - 8
+        d = self.torch_field(blocks, "d").float()
+        return scale_levels(self.torch_weights_for(blocks, out), q, d)
 
     def quantize_blocks(self, x):
-        signed_max = _signed_absmax(x)
+        signed_max = signed_absmax(x, axis=1)
         d = signed_max / np.float32(-8)
-        q = np.minimum(15, _trunc_int8(x * _inverse(d)[:, None] + np.float32(8.5)))
+        q = np.minimum(15, truncate(x * inverse(d)[:, None] + np.float32(8.5)))
         out = np.empty(len(x), self.block_dtype)
         out["d"] = d
         out["qs"] = join_nibbles(q.astype(np.uint8))
@@ -116,20 +115,20 @@ class Q4_1(QuantFormat):
             y[j + 16] = np.float32(int(block["qs"][j]) >> 4) * d + m
         return y
 
-    def dequantize_blocks(self, blocks):
-        q = split_nibbles(blocks["qs"]).astype(np.float32)
-        return q * blocks["d"].astype(np.float32)[:, None] + blocks["m"].astype(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
+        return scale_levels(self.weights_for(blocks, out), q, blocks["d"].astype(np.float32)[:, None],
+                            plus=blocks["m"].astype(np.float32)[:, None])
 
-    def dequantize_blocks_torch(self, blocks):
-        q = _torch_nibbles(self.torch_field(blocks, "qs")).float()
-        d = self.torch_field(blocks, "d").float()[:, None]
-        m = self.torch_field(blocks, "m").float()[:, None]
-        return q * d + m
+    def dequantize_blocks_torch(self, blocks, out=None):
+        q = torch_nibbles(self.torch_field(blocks, "qs"))
+        d, m = self.torch_field(blocks, "d").float(), self.torch_field(blocks, "m").float()
+        return scale_levels(self.torch_weights_for(blocks, out), q, d, plus=m)
 
     def quantize_blocks(self, x):
         lo, hi = x.min(axis=1), x.max(axis=1)
         d = (hi - lo) / np.float32(15)
-        q = np.minimum(15, _trunc_int8((x - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5)))
+        q = np.minimum(15, truncate((x - lo[:, None]) * inverse(d)[:, None] + np.float32(0.5)))
         out = np.empty(len(x), self.block_dtype)
         out["d"], out["m"] = d, lo
         out["qs"] = join_nibbles(q.astype(np.uint8))
@@ -161,18 +160,22 @@ class Q5_0(QuantFormat):
             y[j + 16] = np.float32(((int(block["qs"][j]) >> 4) | high_1) - 16) * d
         return y
 
-    def dequantize_blocks(self, blocks):
-        q = (split_nibbles(blocks["qs"]) | fifth_bits(blocks["qh"])).view(np.int8) - np.int8(16)
-        return q.astype(np.float32) * blocks["d"].astype(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
+        q |= fifth_bits(self.field_bytes(blocks, "qh")).reshape(q.shape)
+        q -= np.uint8(16)                                                    # wraps: read as int8
+        d = blocks["d"].astype(np.float32)[:, None]
+        return scale_levels(self.weights_for(blocks, out), q.view(np.int8), d)
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        q = _torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
-        return (q.to(torch.int8) - 16).float() * self.torch_field(blocks, "d").float()[:, None]
+        q = torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
+        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8) - 16,
+                                  self.torch_field(blocks, "d").float())
 
     def quantize_blocks(self, x):
-        d = _signed_absmax(x) / np.float32(-16)
-        q = np.minimum(31, _trunc_int8(x * _inverse(d)[:, None] + np.float32(16.5))).astype(np.uint8)
+        d = signed_absmax(x, axis=1) / np.float32(-16)
+        q = np.minimum(31, truncate(x * inverse(d)[:, None] + np.float32(16.5))).astype(np.uint8)
         out = np.empty(len(x), self.block_dtype)
         out["d"] = d
         out["qh"] = pack_fifth_bits(q)
@@ -206,20 +209,21 @@ class Q5_1(QuantFormat):
             y[j + 16] = np.float32((int(block["qs"][j]) >> 4) | high_1) * d + m
         return y
 
-    def dequantize_blocks(self, blocks):
-        q = (split_nibbles(blocks["qs"]) | fifth_bits(blocks["qh"])).astype(np.float32)
-        return q * blocks["d"].astype(np.float32)[:, None] + blocks["m"].astype(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
+        q |= fifth_bits(self.field_bytes(blocks, "qh")).reshape(q.shape)
+        return scale_levels(self.weights_for(blocks, out), q, blocks["d"].astype(np.float32)[:, None],
+                            plus=blocks["m"].astype(np.float32)[:, None])
 
-    def dequantize_blocks_torch(self, blocks):
-        q = _torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
-        d = self.torch_field(blocks, "d").float()[:, None]
-        m = self.torch_field(blocks, "m").float()[:, None]
-        return q.float() * d + m
+    def dequantize_blocks_torch(self, blocks, out=None):
+        q = torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
+        d, m = self.torch_field(blocks, "d").float(), self.torch_field(blocks, "m").float()
+        return scale_levels(self.torch_weights_for(blocks, out), q, d, plus=m)
 
     def quantize_blocks(self, x):
         lo, hi = x.min(axis=1), x.max(axis=1)
         d = (hi - lo) / np.float32(31)
-        q = _trunc_int8((x - lo[:, None]) * _inverse(d)[:, None] + np.float32(0.5)).astype(np.uint8)
+        q = truncate((x - lo[:, None]) * inverse(d)[:, None] + np.float32(0.5)).astype(np.uint8)
         out = np.empty(len(x), self.block_dtype)
         out["d"], out["m"] = d, lo
         out["qh"] = pack_fifth_bits(q)
@@ -244,33 +248,17 @@ class Q8_0(QuantFormat):
         d = np.float32(block["d"])
         return np.array([np.float32(q) * d for q in block["qs"]], dtype=np.float32)
 
-    def dequantize_blocks(self, blocks):
-        return blocks["qs"].astype(np.float32) * blocks["d"].astype(np.float32)[:, None]
+    def dequantize_blocks(self, blocks, out=None):
+        q = self.field_bytes(blocks, "qs").view(np.int8).reshape(-1, 1, 32)
+        return scale_levels(self.weights_for(blocks, out), q, blocks["d"].astype(np.float32)[:, None])
 
-    def dequantize_blocks_torch(self, blocks):
-        return self.torch_field(blocks, "qs").float() * self.torch_field(blocks, "d").float()[:, None]
+    def dequantize_blocks_torch(self, blocks, out=None):
+        return scale_levels(self.torch_weights_for(blocks, out), self.torch_field(blocks, "qs"),
+                                  self.torch_field(blocks, "d").float())
 
     def quantize_blocks(self, x):
         d = np.abs(x).max(axis=1) / np.float32(127)
         out = np.empty(len(x), self.block_dtype)
         out["d"] = d
-        out["qs"] = round_away_from_zero(x * _inverse(d)[:, None])
+        out["qs"] = round_away_from_zero(x * inverse(d)[:, None])
         return out
-
-
-# ---- encode helpers: float32 arithmetic as ggml's C does it ---------------------------------------
-def _signed_absmax(x: np.ndarray) -> np.ndarray:
-    """Per row, the value of largest magnitude with its sign (the first one on ties, as C's strict <)."""
-    return np.take_along_axis(x, np.abs(x).argmax(axis=1)[:, None], axis=1)[:, 0]
-
-
-def _inverse(d: np.ndarray) -> np.ndarray:
-    """C's ``id = d ? 1.0f/d : 0.0f``."""
-    with np.errstate(divide="ignore"):
-        return np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
-
-
-def _trunc_int8(v: np.ndarray) -> np.ndarray:
-    """C's ``(int8_t)v``: truncation toward zero (ggml keeps v inside int8 range)."""
-    with np.errstate(invalid="ignore"):
-        return np.trunc(v).astype(np.int32)

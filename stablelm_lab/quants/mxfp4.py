@@ -14,8 +14,8 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 
 from .base import QuantFormat, struct, u8
-from .iq4 import decode_nibble_pairs
-from .legacy import _torch_nibbles, join_nibbles
+from .bits import join_nibbles
+from .iq4 import decode_nibble_pairs, torch_decode_nibble_pairs
 
 #: The E2M1 values doubled, indexed by the 4-bit code (bit 3 is the sign): ggml-common.h's kvalues_mxfp4.
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
@@ -62,16 +62,16 @@ class MXFP4(QuantFormat):
             y[j + 16] = np.float32(KVALUES_MXFP4[qs[j] >> 4]) * d
         return y
 
-    def dequantize_blocks(self, blocks):
-        return decode_nibble_pairs(blocks["qs"], np.take(_SCALE_OF_E, blocks["e"]), _NIBBLE_VALUES)
+    def dequantize_blocks(self, blocks, out=None):
+        d = np.take(_SCALE_OF_E, blocks["e"])
+        qs = self.field_bytes(blocks, "qs")
+        return decode_nibble_pairs(qs, d, _NIBBLE_VALUES, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        device = blocks.device
-        scale_of_e = torch.from_numpy(_SCALE_OF_E).to(device)
-        kvalues = torch.tensor(KVALUES_MXFP4.astype(np.float32), device=device)
-        d = scale_of_e[self.torch_field(blocks, "e").long()][:, None]
-        return kvalues[_torch_nibbles(self.torch_field(blocks, "qs")).long()] * d
+        d = torch.from_numpy(_SCALE_OF_E).to(blocks.device)[self.torch_field(blocks, "e").long()]
+        return torch_decode_nibble_pairs(self.torch_field(blocks, "qs"), d, _NIBBLE_VALUES,
+                                         self.torch_weights_for(blocks, out))
 
     def quantize_blocks(self, x):
         amax = np.fmax.reduce(np.abs(x), axis=1)      # C's `if (amax < fabsf(v))` passes over NaNs

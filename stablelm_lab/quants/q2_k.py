@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, struct, u8
-from .ksearch import byte_fields, interleave_runs, make_qkx2_quants, requantize_levels, running_max
+from .base import QuantFormat, f16, scale_levels, struct, u8
+from .bits import bit_fields, torch_bit_fields
+from .cfloat import running_max
+from .ksearch import make_qkx2_quants, requantize_levels
 from .rounding import nearest_int
 
 #: the four 2-bit fields of a byte, lowest first
@@ -46,25 +48,21 @@ class Q2_K(QuantFormat):
                     sub += 1
         return y
 
-    def dequantize_blocks(self, blocks):
+    def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        scales = blocks["scales"]
-        dl = (blocks["d"].astype(np.float32)[:, None] * (scales & 0xF))[..., None]    # (n, 16, 1)
-        ml = (blocks["dmin"].astype(np.float32)[:, None] * (scales >> 4))[..., None]
-        q = interleave_runs(byte_fields(blocks["qs"], [0, 2, 4, 6], 3)).reshape(n, 16, 16)
-        y = q.astype(np.float32)
-        y *= dl
-        y -= ml
-        return y.reshape(n, 256)
+        scales = self.field_bytes(blocks, "scales")
+        dl = blocks["d"].astype(np.float32)[:, None] * (scales & 0xF)                  # (n, 16)
+        ml = blocks["dmin"].astype(np.float32)[:, None] * (scales >> 4)
+        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)   # (2n, j, l)
+        return scale_levels(self.weights_for(blocks, out), q.reshape(n, 16, 16), dl, minus=ml)
 
-    def dequantize_blocks_torch(self, blocks):
-        import torch
+    def dequantize_blocks_torch(self, blocks, out=None):
         scales = self.torch_field(blocks, "scales")
-        dl = (self.torch_field(blocks, "d").float()[:, None] * (scales & 0xF).float())[..., None]
-        ml = (self.torch_field(blocks, "dmin").float()[:, None] * (scales >> 4).float())[..., None]
-        shifts = torch.tensor([0, 2, 4, 6], dtype=torch.uint8, device=blocks.device).reshape(1, 1, 4, 1)
-        q = ((self.torch_field(blocks, "qs").reshape(-1, 2, 1, 32) >> shifts) & 3).reshape(-1, 16, 16)
-        return (dl * q.float() - ml).reshape(-1, 256)
+        dl = self.torch_field(blocks, "d").float()[:, None] * (scales & 0xF)              # (n, 16)
+        ml = self.torch_field(blocks, "dmin").float()[:, None] * (scales >> 4)
+        qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
+        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)                                          # (n, h, j, l)
+        return scale_levels(self.torch_weights_for(blocks, out), q.reshape(-1, 16, 16), dl, minus=ml)
 
     def quantize_blocks(self, x):
         f32 = np.float32
@@ -81,7 +79,7 @@ class Q2_K(QuantFormat):
 
         d_sub = d.astype(f32)[:, None] * (packed & 0xF).astype(f32)
         dm_sub = dmin.astype(f32)[:, None] * (packed >> 4).astype(f32)
-        levels = requantize_levels(x.reshape(-1, 16, 16), d_sub, dm_sub, levels.reshape(-1, 16, 16), 3)
+        levels = requantize_levels(x.reshape(-1, 16, 16), d_sub, levels.reshape(-1, 16, 16), 0, 3, dm=dm_sub)
 
         out = np.empty(len(x), self.block_dtype)
         out["scales"], out["d"], out["dmin"] = packed, d, dmin

@@ -9,10 +9,11 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, struct, u8
-from .ksearch import sequential_sum
-from .q6_k import (GROUP_MAX_EPS, QK_K, QUANTIZE_CHUNK_BLOCKS, bit_fields, c_nearest_int, signed_absmax,
-                   torch_shifts)
+from .base import QK_K, QUANTIZE_CHUNK_BLOCKS, QuantFormat, f16, scale_levels, struct, u8
+from .bits import bit_fields, torch_bit_fields
+from .cfloat import GROUP_MAX_EPS, sequential_sum, signed_absmax
+from .ksearch import requantize_levels, search_sub_blocks
+from .rounding import nearest_int
 
 
 # ---- sixteen 6-bit scales in 12 bytes -----------------------------------------------------------
@@ -71,12 +72,12 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     and keep the change if it raises sumlx²/suml2 (lowers the weighted error). Stop after a sweep
     that changed nothing. The scale is then the least-squares one, sumlx / suml2.
     """
-    max_value = signed_absmax(x)
+    max_value = signed_absmax(x, axis=0)
     all_zero = np.abs(max_value) < GROUP_MAX_EPS
     w = x * x
     wx = w * x
 
-    L = np.clip(c_nearest_int(np.float32(-nmax) / max_value * x), -nmax, nmax - 1)
+    L = np.clip(nearest_int(np.float32(-nmax) / max_value * x), -nmax, nmax - 1)
     Lf = L.astype(np.float32)
     sumlx, suml2 = sequential_sum(wx * Lf), sequential_sum(w * Lf * Lf)
 
@@ -87,7 +88,7 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
             old = L[i].astype(np.float32)
             slx = sumlx - wx[i] * old                       # the sums without element i
             sl2 = suml2 - w[i] * old * old
-            new_l = np.clip(c_nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1)
+            new_l = np.clip(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1)
             new = new_l.astype(np.float32)
             new_slx = slx + wx[i] * new
             new_sl2 = sl2 + w[i] * new * new
@@ -150,47 +151,41 @@ class Q3_K(QuantFormat):
                 m <<= 1
         return y
 
-    def dequantize_blocks(self, blocks):
+    def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        low2 = bit_fields(blocks["qs"].reshape(2 * n, 32), [0, 2, 4, 6], 3)          # (2n, j, l)
-        high = bit_fields(blocks["hmask"], range(8), 1, place=2)                    # (n, 4h + j, l)
-        q = (low2.reshape(n, QK_K) | high.reshape(n, QK_K)) - np.uint8(4)           # low2 - (high ? 0 : 4)
-        sc = unpack_scales(blocks["scales"]) - np.uint8(32)
-        dl = blocks["d"].astype(np.float32)[:, None] * sc.view(np.int8).astype(np.float32)
-        return np.repeat(dl, 16, axis=1) * q.view(np.int8).astype(np.float32)
+        low2 = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)   # (2n, j, l)
+        q = low2.reshape(n, 16, 16)
+        q |= bit_fields(self.field_bytes(blocks, "hmask"), range(8), 1, place=2).reshape(n, 16, 16)  # 4h + j
+        q -= np.uint8(4)                                  # low2 - (high ? 0 : 4), wrapping: read as int8
+        sc = unpack_scales(self.field_bytes(blocks, "scales")) - np.uint8(32)
+        dl = blocks["d"].astype(np.float32)[:, None] * sc.view(np.int8)                      # (n, 16)
+        return scale_levels(self.weights_for(blocks, out), q.view(np.int8), dl)
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        n, device = len(blocks), blocks.device
-        qs = self.torch_field(blocks, "qs").reshape(n, 2, 1, 32)
-        hmask = self.torch_field(blocks, "hmask").reshape(n, 1, 32)
-        low2 = (qs >> torch_shifts([0, 2, 4, 6], device)) & 3                # (n, h, j, l)
-        high = (hmask >> torch_shifts(range(8), device)) & 1                 # (n, 4h + j, l)
-        q = (low2.reshape(n, 16, 16) | (high.reshape(n, 16, 16) << 2)).view(torch.int8) - 4
+        n = len(blocks)
+        qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
+        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)                                         # (n, h, j, l)
+        q |= torch_bit_fields(self.torch_field(blocks, "hmask"), range(8), 1, place=2).view(q.shape)  # 4h + j
+        q -= 4                                            # low2 - (high ? 0 : 4), wrapping: read as int8
         # copied: view(int32) needs a 4-byte boundary, which a lone 110-byte block may not give
         packed = self.torch_field(blocks, "scales").clone(memory_format=torch.contiguous_format)
         words = packed.view(torch.int32)                                     # (n, 3)
         sc = torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.int8) - 32
-        dl = self.torch_field(blocks, "d").float()[:, None] * sc.float()
-        return (dl[:, :, None] * q.float()).reshape(n, QK_K)
+        dl = self.torch_field(blocks, "d").float()[:, None] * sc
+        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8).view(n, 16, 16), dl)
 
     def quantize_blocks(self, x):
-        out = np.empty(len(x), self.block_dtype)
-        for start in range(0, len(x), QUANTIZE_CHUNK_BLOCKS):
-            stop = start + QUANTIZE_CHUNK_BLOCKS
-            out[start:stop] = self._quantize_chunk(x[start:stop])
-        return out
+        return self.quantize_in_chunks(x, self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS)
 
     def _quantize_chunk(self, x):
         n = len(x)
-        groups = np.ascontiguousarray(x.reshape(n * 16, 16).T)   # (16, n·16): element i of each sub-block
-        sub_scales, L = make_q3_quants(groups, nmax=4)
-        sub_scales, L = sub_scales.reshape(n, 16), L.T.reshape(n, 16, 16)
+        sub_scales, L = search_sub_blocks(x, make_q3_quants, nmax=4)
 
-        max_scale = signed_absmax(sub_scales.T)
+        max_scale = signed_absmax(sub_scales, axis=1)
         iscale = np.float32(-32) / max_scale
         # C: int8_t l = nearest_int(...) -- the cast to int8 comes before the clamp.
-        levels = c_nearest_int(iscale[:, None] * sub_scales).astype(np.int8)
+        levels = nearest_int(iscale[:, None] * sub_scales).astype(np.int8)
         levels = np.clip(levels, -32, 31) + 32
         has_scale = max_scale != 0
         packed = np.where(has_scale[:, None], pack_scales(levels), np.uint8(0))
@@ -199,8 +194,7 @@ class Q3_K(QuantFormat):
         # Re-round each weight against its final scale; a sub-block whose scale came out 0 keeps its L.
         sc = unpack_scales(packed).astype(np.int8) - np.int8(32)
         dl = d.astype(np.float32)[:, None] * sc.astype(np.float32)
-        requant = np.clip(c_nearest_int(x.reshape(n, 16, 16) / dl[:, :, None]), -4, 3) + 4
-        L = np.where((dl != 0)[:, :, None], requant, L).astype(np.uint8).reshape(n, QK_K)
+        L = requantize_levels(x.reshape(n, 16, 16), dl, L, -4, 3).reshape(n, QK_K)
 
         out = np.empty(n, self.block_dtype)
         out["hmask"], out["qs"] = pack_3bit_quants(L)

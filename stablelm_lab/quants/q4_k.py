@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, struct, u8
-from .ksearch import (byte_fields, get_scale_min_k4, interleave_runs, make_qkx2_quants, pack_scales_mins_k4,
-                      requantize_levels, running_max, scales_mins_k4, sequential_sum,
-                      unpack_scale_min_words)
+from .base import QuantFormat, f16, scale_levels, struct, u8
+from .bits import split_nibbles, torch_bit_fields
+from .cfloat import running_max, sequential_sum
+from .ksearch import (make_qkx2_quants, pack_scales_mins_k4, requantize_levels, scales_mins_k4,
+                      sub_block_scale_min, unpack_scale_min_words)
 from .rounding import nearest_int
 
 
@@ -31,26 +32,22 @@ class Q4_K(QuantFormat):
     block_dtype = struct(f16("d"), f16("dmin"), u8("scales", 12), u8("qs", 128))
 
     def dequantize_block(self, block):
-        d, dmin = np.float32(block["d"]), np.float32(block["dmin"])
         y = np.empty(256, dtype=np.float32)
         for j in range(0, 256, 64):
-            sub = j // 32
-            sc, m = get_scale_min_k4(sub, block["scales"])
-            d1, m1 = d * np.float32(sc), dmin * np.float32(m)
-            sc, m = get_scale_min_k4(sub + 1, block["scales"])
-            d2, m2 = d * np.float32(sc), dmin * np.float32(m)
+            d1, m1 = sub_block_scale_min(j // 32, block)
+            d2, m2 = sub_block_scale_min(j // 32 + 1, block)
             q = block["qs"][j // 2:j // 2 + 32]
             y[j:j + 32] = d1 * (q & 0xF).astype(np.float32) - m1
             y[j + 32:j + 64] = d2 * (q >> 4).astype(np.float32) - m2
         return y
 
-    def dequantize_blocks(self, blocks):
-        q = split_chunk_nibbles(blocks["qs"])
-        return decode_with_mins(blocks, q)
+    def dequantize_blocks(self, blocks, out=None):
+        q = split_nibbles(self.field_bytes(blocks, "qs"), run=32)       # (n, c, low/high, l)
+        return decode_with_mins(self, blocks, q.reshape(-1, 8, 32), out)
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         q = torch_chunk_nibbles(self.torch_field(blocks, "qs"))
-        return torch_decode_with_mins(self, blocks, q)
+        return torch_decode_with_mins(self, blocks, q, out)
 
     def quantize_blocks(self, x):
         d, dmin, scales, levels = quantize_k4(x, nmax=15, rmin=-1.0, nstep=20)
@@ -61,39 +58,34 @@ class Q4_K(QuantFormat):
 
 
 # ---- shared with Q5_K -----------------------------------------------------------------------------
-def split_chunk_nibbles(qs: np.ndarray) -> np.ndarray:
-    """(n, 128) bytes -> (n, 8, 32) levels: chunk c's low nibbles are sub-block 2c, its high ones 2c+1."""
-    return interleave_runs(byte_fields(qs, [0, 4], 0xF)).reshape(len(qs), 8, 32)
-
-
 def join_chunk_nibbles(levels: np.ndarray) -> np.ndarray:
-    """(n, 8, 32) levels in 0..15 -> (n, 128) bytes, the inverse of split_chunk_nibbles."""
+    """(n, 8, 32) levels in 0..15 -> (n, 128) bytes: chunk c's low nibbles are sub-block 2c, its high
+    ones 2c+1 (the inverse of split_nibbles with run = 32)."""
     pairs = levels.reshape(len(levels), 4, 2, 32)
     return (pairs[:, :, 0] | (pairs[:, :, 1] << 4)).reshape(len(levels), 128)
 
 
-def decode_with_mins(blocks: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """C's ``(d·sc)·q - dmin·m`` for levels q (n, 8, 32) -> float32 (n, 256)."""
-    sc, m = scales_mins_k4(blocks["scales"])
-    y = q.astype(np.float32)
-    y *= (blocks["d"].astype(np.float32)[:, None] * sc)[..., None]       # d·sc first, then ·q
-    y -= (blocks["dmin"].astype(np.float32)[:, None] * m)[..., None]
-    return y.reshape(len(blocks), 256)
+def decode_with_mins(fmt: QuantFormat, blocks: np.ndarray, q: np.ndarray, out) -> np.ndarray:
+    """C's ``(d·sc)·q - dmin·m`` for levels q (n, 8, 32) -> float32 (n, 256), into out if given."""
+    sc, m = scales_mins_k4(fmt.field_bytes(blocks, "scales"))
+    dl = blocks["d"].astype(np.float32)[:, None] * sc                   # d·sc first, then ·q
+    ml = blocks["dmin"].astype(np.float32)[:, None] * m
+    return scale_levels(fmt.weights_for(blocks, out), q, dl, minus=ml)
 
 
 def torch_chunk_nibbles(qs):
-    import torch
-    shifts = torch.tensor([0, 4], dtype=torch.uint8, device=qs.device).reshape(1, 1, 2, 1)
-    return ((qs.reshape(-1, 4, 1, 32) >> shifts) & 0xF).reshape(-1, 8, 32)
+    """split_nibbles(qs, run=32) in torch: (n, 128) bytes -> (n, 8, 32) levels."""
+    return torch_bit_fields(qs.unflatten(1, (4, 32)), [0, 4], 0x0F).view(-1, 8, 32)
 
 
-def torch_decode_with_mins(fmt: QuantFormat, blocks, q):
+def torch_decode_with_mins(fmt: QuantFormat, blocks, q, out):
+    """decode_with_mins in torch."""
     import torch
     words = fmt.torch_field(blocks, "scales").contiguous().view(torch.int32)      # (n, 3)
     unpacked = torch.stack(unpack_scale_min_words(*words.T), dim=1).view(torch.uint8)   # (n, 16)
-    d = (fmt.torch_field(blocks, "d").float()[:, None] * unpacked[:, :8].float())[..., None]
-    dm = (fmt.torch_field(blocks, "dmin").float()[:, None] * unpacked[:, 8:].float())[..., None]
-    return (d * q.float() - dm).reshape(-1, 256)
+    dl = fmt.torch_field(blocks, "d").float()[:, None] * unpacked[:, :8]
+    ml = fmt.torch_field(blocks, "dmin").float()[:, None] * unpacked[:, 8:]
+    return scale_levels(fmt.torch_weights_for(blocks, out), q, dl, minus=ml)
 
 
 def quantize_k4(x: np.ndarray, nmax: int, rmin: float, nstep: int):
@@ -118,7 +110,7 @@ def quantize_k4(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     # get_scale_min_k4 reads back from the packed bytes)
     d_sub = d.astype(f32)[:, None] * ls.astype(f32)
     dm_sub = dmin.astype(f32)[:, None] * lm.astype(f32)
-    levels = requantize_levels(x.reshape(-1, 8, 32), d_sub, dm_sub, levels.reshape(-1, 8, 32), nmax)
+    levels = requantize_levels(x.reshape(-1, 8, 32), d_sub, levels.reshape(-1, 8, 32), 0, nmax, dm=dm_sub)
     return d, dmin, pack_scales_mins_k4(ls, lm), levels
 
 

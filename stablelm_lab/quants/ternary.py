@@ -17,9 +17,9 @@ from __future__ import annotations
 import numpy as np
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, struct, u8
-from .iq4 import lookup_rows
-from .legacy import _inverse
+from .base import QuantFormat, f16, scale_levels, struct, u8
+from .bits import bit_fields, byte_runs, torch_bit_fields
+from .cfloat import inverse
 from .rounding import round_away_from_zero
 
 _POW3 = [1, 3, 9, 27, 81, 243]
@@ -29,6 +29,21 @@ def trit(byte, n: int):
     """Trit n (0 = most significant) of a TQ1_0 byte: the multiply-by-3 trick, in uint8 as C does it."""
     shifted = (byte * _POW3[n]) & 0xFF          # C: uint8_t q = byte * pow3[n]
     return (shifted * 3) >> 8
+
+
+def trit_plane(packed: np.ndarray, n: int) -> np.ndarray:
+    """trit(byte, n) of every byte of a uint8 array, as uint8 0..2, in uint8 arithmetic.
+
+    ``byte·3^n`` wraps in uint8 as in C; then ``(q·3) >> 8`` is 1 from q = 86 and 2 from q = 171 on,
+    two comparisons (faster in numpy than widening to uint16 for the product).
+    """
+    shifted = packed * np.uint8(_POW3[n])
+    return (shifted > 85).view(np.uint8) + (shifted > 170).view(np.uint8)
+
+
+#: The five trits of every byte value, and three zero bytes: eight bytes that torch fetches as one int64.
+_TRITS_OF_BYTE = np.zeros((256, 8), dtype=np.uint8)
+_TRITS_OF_BYTE[:, :5] = np.stack([trit_plane(np.arange(256, dtype=np.uint8), t) for t in range(5)], axis=1)
 
 
 def _pack_trits(trits: np.ndarray) -> np.ndarray:
@@ -47,7 +62,7 @@ def _as_fixed_point(q: np.ndarray) -> np.ndarray:
 def _ternary_scale(x: np.ndarray):
     """The shared encode step: d = the block's largest magnitude, t = roundf(x/d) + 1 in 0..2."""
     d = np.abs(x).max(axis=1)
-    trits = (round_away_from_zero(x * _inverse(d)[:, None]) + 1).astype(np.uint8)
+    trits = (round_away_from_zero(x * inverse(d)[:, None]) + 1).astype(np.uint8)
     return d, trits
 
 
@@ -82,26 +97,30 @@ class TQ1_0(QuantFormat):
                     y.append(np.float32(xi - 1) * d)
         return np.array(y, dtype=np.float32)
 
-    def dequantize_blocks(self, blocks):
+    def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        trits = lookup_rows(_TRIT_VALUES, blocks.view(np.uint8).reshape(n, -1)[:, :52])   # (n, byte, trit)
-        trits *= blocks["d"].astype(np.float32)[:, None, None]
-        y = np.empty((n, 256), dtype=np.float32)
+        packed = self.byte_range(blocks, 0, 52)                           # qs and qh
+        planes = np.stack([trit_plane(packed, t) for t in range(5)])     # (trit, n, 52)
+        q = np.empty((n, 256), dtype=np.uint8)
         i = 0
-        for first, width, n_trits in self._GROUPS:
-            group = y[:, i:i + n_trits * width].reshape(n, n_trits, width)
-            group[...] = trits[:, first:first + width, :n_trits].transpose(0, 2, 1)
+        for first, width, n_trits in self._GROUPS:                       # runs of `width` bytes
+            runs = q.view(f"V{width}")[:, i // width:i // width + n_trits]          # (n, trit)
+            runs[...] = byte_runs(planes[:n_trits], first, width).T
             i += n_trits * width
-        return y
+        q -= np.uint8(1)                                                  # t - 1, wrapping: read as int8
+        return scale_levels(self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256),
+                            blocks["d"].astype(np.float32)[:, None])
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        tables = torch.from_numpy(np.ascontiguousarray(_TRIT_VALUES.T)).to(blocks.device)    # (5, 256)
-        d = self.torch_field(blocks, "d").float()[:, None]
-        packed = blocks[:, :52].long()
-        parts = [tables[n][packed[:, first:first + width]]
-                 for first, width, n_trits in self._GROUPS for n in range(n_trits)]
-        return torch.cat(parts, dim=1) * d
+        table = torch.from_numpy(_TRITS_OF_BYTE).view(torch.int64).reshape(256).to(blocks.device)
+        index = blocks[:, :52].reshape(-1).int()                          # qs and qh
+        trits = torch.index_select(table, 0, index).view(torch.uint8).view(-1, 52, 8)   # (n, byte, trit)
+        q = torch.cat([trits[:, first:first + width, :n_trits].transpose(1, 2).flatten(1)
+                       for first, width, n_trits in self._GROUPS], dim=1)
+        q -= 1                                                            # t - 1, wrapping: read as int8
+        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8),
+                            self.torch_field(blocks, "d").float())
 
     def quantize_blocks(self, x):
         n = len(x)
@@ -140,18 +159,20 @@ class TQ2_0(QuantFormat):
                     i += 1
         return y
 
-    def dequantize_blocks(self, blocks):
-        d = blocks["d"].astype(np.float32)[:, None, None, None]
-        values = lookup_rows(_TWO_BIT_VALUES, blocks["qs"].reshape(-1, 2, 32))   # (n, c, m, l)
-        values *= d
-        return values.transpose(0, 1, 3, 2).reshape(-1, 256)
+    def dequantize_blocks(self, blocks, out=None):
+        n = len(blocks)
+        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)   # (2n, l, m)
+        q -= np.uint8(1)                                                  # wrapping: read as int8
+        return scale_levels(self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256),
+                            blocks["d"].astype(np.float32)[:, None])
 
-    def dequantize_blocks_torch(self, blocks):
+    def dequantize_blocks_torch(self, blocks, out=None):
         import torch
-        shifts = torch.arange(0, 8, 2, device=blocks.device, dtype=torch.uint8)
-        qs = self.torch_field(blocks, "qs").reshape(-1, 2, 1, 32)
-        q = ((qs >> shifts[:, None]) & 3).to(torch.int8) - 1                 # (n, c, l, m)
-        return (q.float() * self.torch_field(blocks, "d").float()[:, None, None, None]).reshape(-1, 256)
+        qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
+        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)                                      # (n, c, l, m)
+        q -= 1                                                            # wrapping: read as int8
+        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8).view(-1, 256),
+                                  self.torch_field(blocks, "d").float())
 
     def quantize_blocks(self, x):
         d, trits = _ternary_scale(x)
@@ -164,7 +185,3 @@ class TQ2_0(QuantFormat):
         out["qs"] = qs.reshape(-1, 64)
         return out
 
-
-#: The decoders' lookup tables, one row per byte value: (t - 1) of its five trits / of its four 2-bit fields.
-_TRIT_VALUES = np.stack([trit(np.arange(256), n) - 1 for n in range(5)], axis=1).astype(np.float32)
-_TWO_BIT_VALUES = ((np.arange(256)[:, None] >> np.arange(0, 8, 2)) & 3).astype(np.float32) - 1
