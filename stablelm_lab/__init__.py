@@ -8,4 +8,5 @@ from .gguf_file import GGUFError, GGUFFile
 from .model import StableLM
 from .tokenizer import load_tokenizer
 
-__all__ = ["quants", "GGUFFile", "GGUFError", "StableLM", "StableLMConfig", "load_tokenizer", "generate"]
+__all__ = ["quants", "GGUFFile", "GGUFError", "StableLM", "StableLMConfig", "load_tokenizer", "generate",
+           "default_gguf", "embedded_gguf"]
