@@ -17,6 +17,15 @@ def _figure_widget(fig: go.Figure) -> go.FigureWidget:
     return go.FigureWidget(fig)
 
 
+def _wired(box: W.Box, update, *controls) -> W.Box:
+    """Run ``update`` now and whenever a control changes; keep it as ``box.update`` for notebooks and tests."""
+    for control in controls:
+        control.observe(update, names="value")
+    update()
+    box.update = update
+    return box
+
+
 def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0) -> W.VBox:
     """Pick a tensor, a row and a block: see the block's bytes, its fields and the weights they decode to.
 
@@ -46,11 +55,7 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
         title = f"{info.name}, row {row_box.value}, block {block_box.value}"
         box.children = box.children[:3] + (_figure_widget(viz.block_figure(fmt, raw_block, title)),)
 
-    for control in (tensor_box, row_box, block_box):
-        control.observe(update, names="value")
-    update()
-    box.update = update
-    return box
+    return _wired(box, update, tensor_box, row_box, block_box)
 
 
 def next_token_explorer(logits, tokenizer, top: int = 20, temperature: float = 0.75,
@@ -79,11 +84,7 @@ def next_token_explorer(logits, tokenizer, top: int = 20, temperature: float = 0
                                     f"Next token at temperature {t_box.value:.2f}, top_p {p_box.value:.2f}")
         box.children = box.children[:2] + (_figure_widget(fig),)
 
-    for control in (t_box, p_box):
-        control.observe(update, names="value")
-    update()
-    box.update = update
-    return box
+    return _wired(box, update, t_box, p_box)
 
 
 def attention_viewer(acts: dict, tokens: list[str], n_layer: int, n_head: int) -> W.VBox:
@@ -97,11 +98,7 @@ def attention_viewer(acts: dict, tokens: list[str], n_layer: int, n_head: int) -
         fig = viz.attention_figure(probs, tokens, f"Layer {layer_box.value}, head {head_box.value}")
         box.children = box.children[:1] + (_figure_widget(fig),)
 
-    for control in (layer_box, head_box):
-        control.observe(update, names="value")
-    update()
-    box.update = update
-    return box
+    return _wired(box, update, layer_box, head_box)
 
 
 def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K") -> W.VBox:
@@ -145,8 +142,4 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
                                                   f"{tensor_box.value} as {fmt.name}"))
         box.children = box.children[:2] + tuple(_figure_widget(f) for f in figures)
 
-    for control in (tensor_box, type_box):
-        control.observe(update, names="value")
-    update()
-    box.update = update
-    return box
+    return _wired(box, update, tensor_box, type_box)
