@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import plotly.graph_objects as go
+import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from .anatomy import block_fields, byte_owner, sub_block_size
 from .quants import QuantFormat
+
+# JupyterLab draws the mimetype; exported HTML (nbviewer, nbconvert) needs the connected-HTML copy.
+pio.renderers.default = "plotly_mimetype+notebook_connected"
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 SUB_BLOCK_TONES = ["#4C78A8", "#9ECAE9"]
