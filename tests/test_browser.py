@@ -101,9 +101,9 @@ def _wait_for_idle_kernel(base: str, notebook: str, timeout: float = 60) -> None
 
 
 def _move(widget, move: str) -> None:
-    if move == "select":
-        options = widget.locator("option").all_inner_texts()
-        widget.select_option(label=options[1] if widget.input_value() == options[0] else options[0])
+    if move == "select":  # the next option, by index: labels may carry whitespace the widget strips
+        n_options = widget.evaluate("select => select.options.length")
+        widget.select_option(index=(widget.evaluate("select => select.selectedIndex") + 1) % n_options)
     else:
         widget.focus()
         widget.press("ArrowRight")
