@@ -26,6 +26,7 @@ reverse of ggml's ``ne``.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -92,7 +93,8 @@ class GGUFFile:
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
-        self._reader = GGUFTableReader(_map_read_only(self.path), self.path)
+        self._map = _map_read_only(self.path)
+        self._reader = GGUFTableReader(np.frombuffer(self._map, dtype=np.uint8), self.path)
 
     def __repr__(self) -> str:
         return (f"GGUFFile({self.path!r}: {self.architecture}, {len(self.tensors)} tensors, "
@@ -145,6 +147,14 @@ class GGUFFile:
         row_bytes = info.shape[-1] // block_size * type_size
         return self._reader.data[info.offset:info.offset + info.nbytes].reshape(*info.shape[:-1], row_bytes)
 
+    def release(self, name: str) -> None:
+        """Unmap the pages of a tensor already read, so they stop counting in this process's memory (RSS).
+        The file and the page cache are untouched; reading the tensor again maps them back in."""
+        info = self._info(name)
+        start = info.offset // mmap.PAGESIZE * mmap.PAGESIZE
+        if hasattr(self._map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
+            self._map.madvise(mmap.MADV_DONTNEED, start, info.offset + info.nbytes - start)
+
     def dequantize(self, name: str) -> np.ndarray:
         """The tensor as float32 in its numpy shape, decoded by ``stablelm_lab.quants``."""
         info = self._info(name)
@@ -166,7 +176,7 @@ def quant_format(info: TensorInfo, path: str) -> quants.QuantFormat:
     return quants.get(info.qtype)
 
 
-def _map_read_only(path: str) -> np.memmap:
+def _map_read_only(path: str) -> mmap.mmap:
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -178,7 +188,8 @@ def _map_read_only(path: str) -> np.memmap:
     if magic != GGUF_MAGIC:
         raise GGUFError(f"{path} is not a GGUF file: it starts with {magic!r}, not {GGUF_MAGIC!r}", 0)
     try:
-        return np.memmap(path, dtype=np.uint8, mode="r", shape=(size,))
+        with open(path, "rb") as f:
+            return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:
         raise GGUFError(f"cannot map {path} into memory: {e}") from e
 
@@ -205,7 +216,7 @@ class GGUFTableReader:
     value; numeric arrays as zero-copy numpy views), ``value_types``, ``alignment``, ``data_offset``
     and ``tensors`` (TensorInfo list, table order). A broken file raises GGUFError."""
 
-    def __init__(self, data: np.memmap, path: str):
+    def __init__(self, data: np.ndarray, path: str):
         self.data, self.path = data, path
         self._view = memoryview(data)
         self.pos = 0

@@ -268,11 +268,11 @@ def scored_log_probs(model, chunk_ids: np.ndarray):
     first = n_ctx // 2
     n_vocab = model.config.n_vocab
     step = max(1, LOGITS_BYTES_PER_STEP // (n_ctx * n_vocab * 8))
-    with torch.no_grad():
-        for start in range(0, n_chunk, step):
-            ids = torch.as_tensor(chunk_ids[start:start + step], device=model.device)
-            logits = model(ids)[:, first:n_ctx - 1]                          # (B, n_score, n_vocab)
-            yield torch.log_softmax(logits.double(), dim=-1), chunk_ids[start:start + step, first + 1:]
+    for start in range(0, n_chunk, step):
+        ids = torch.as_tensor(chunk_ids[start:start + step], device=model.device)
+        with torch.no_grad():  # never across a yield: a generator left unfinished would keep grad off
+            log_probs = torch.log_softmax(model(ids)[:, first:n_ctx - 1].double(), dim=-1)  # (B, n_score, n_vocab)
+        yield log_probs, chunk_ids[start:start + step, first + 1:]
 
 
 def _take(log_probs, targets: np.ndarray) -> np.ndarray:

@@ -46,36 +46,43 @@ class TinySpec:
 # ---- weights ---------------------------------------------------------------------------------
 def random_weights(spec: TinySpec) -> dict[str, np.ndarray]:
     """float32 weights named and shaped as in a llama.cpp StableLM GGUF (numpy order: rows, cols)."""
-    rng = np.random.default_rng(spec.seed)
+    return dict(random_weight_stream(spec))
+
+
+def weight_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
+    """Every tensor's name and shape, in the order the converter writes them."""
     d, hd, kv = spec.n_embd, spec.head_dim, spec.n_head_kv * spec.head_dim
-
-    def mat(rows, cols):
-        return (rng.standard_normal((rows, cols)) * WEIGHT_STD).astype(np.float32)
-
-    def norm(*shape):  # near 1 and near 0, so a swapped weight and bias would show
-        return (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
-
-    def bias(n):
-        return (0.1 * rng.standard_normal(n)).astype(np.float32)
-
-    w = {"token_embd.weight": (rng.standard_normal((spec.n_vocab, d))).astype(np.float32),
-         "output_norm.weight": norm(d), "output_norm.bias": bias(d),
-         "output.weight": mat(spec.n_vocab, d)}
+    shapes = {"token_embd.weight": (spec.n_vocab, d), "output_norm.weight": (d,), "output_norm.bias": (d,),
+              "output.weight": (spec.n_vocab, d)}
     for i in range(spec.n_layer):
         p = f"blk.{i}."
-        w[p + "attn_norm.weight"], w[p + "attn_norm.bias"] = norm(d), bias(d)
-        w[p + "attn_q.weight"], w[p + "attn_k.weight"], w[p + "attn_v.weight"] = mat(d, d), mat(kv, d), mat(kv, d)
+        shapes |= {p + "attn_norm.weight": (d,), p + "attn_norm.bias": (d,),
+                   p + "attn_q.weight": (d, d), p + "attn_k.weight": (kv, d), p + "attn_v.weight": (kv, d)}
         if spec.qkv_bias:
-            w[p + "attn_q.bias"], w[p + "attn_k.bias"], w[p + "attn_v.bias"] = bias(d), bias(kv), bias(kv)
+            shapes |= {p + "attn_q.bias": (d,), p + "attn_k.bias": (kv,), p + "attn_v.bias": (kv,)}
         if spec.qk_norm:  # the converter stacks the per-head norms: (n_head, head_dim)
-            w[p + "attn_q_norm.weight"] = norm(spec.n_head, hd)
-            w[p + "attn_k_norm.weight"] = norm(spec.n_head_kv, hd)
-        w[p + "attn_output.weight"] = mat(d, d)
+            shapes |= {p + "attn_q_norm.weight": (spec.n_head, hd), p + "attn_k_norm.weight": (spec.n_head_kv, hd)}
+        shapes[p + "attn_output.weight"] = (d, d)
         if not spec.parallel_residual:
-            w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"] = norm(d), bias(d)
-        w[p + "ffn_gate.weight"], w[p + "ffn_up.weight"] = mat(spec.n_ff, d), mat(spec.n_ff, d)
-        w[p + "ffn_down.weight"] = mat(d, spec.n_ff)
-    return w
+            shapes |= {p + "ffn_norm.weight": (d,), p + "ffn_norm.bias": (d,)}
+        shapes |= {p + "ffn_gate.weight": (spec.n_ff, d), p + "ffn_up.weight": (spec.n_ff, d),
+                   p + "ffn_down.weight": (d, spec.n_ff)}
+    return shapes
+
+
+def random_weight_stream(spec: TinySpec):
+    """(name, float32 weights) one tensor at a time, drawn lazily: a 3B-shaped model never sits in memory
+    whole. Norm weights near 1 and biases near 0 (a swapped weight and bias would show); the embedding
+    has unit variance, every other matrix WEIGHT_STD."""
+    rng = np.random.default_rng(spec.seed)
+    for name, shape in weight_shapes(spec).items():
+        if "_norm.weight" in name:
+            w = 1 + 0.1 * rng.standard_normal(shape)
+        elif name.endswith(".bias"):
+            w = 0.1 * rng.standard_normal(shape)
+        else:
+            w = rng.standard_normal(shape) * (1 if name == "token_embd.weight" else WEIGHT_STD)
+        yield name, w.astype(np.float32)
 
 
 # ---- tensor types: which ggml type each tensor is stored in ----------------------------------
@@ -154,6 +161,20 @@ def write_gguf(path, spec: TinySpec = TinySpec(), types=all_f32, weights=None, t
     weights = random_weights(spec) if weights is None else weights
     rng = np.random.default_rng(spec.seed + 1)
     writer = GGUFWriter(str(path), architecture)
+    add_metadata(writer, spec, tokenizer, tokenizer_pre)
+    for name, w in weights.items():
+        qtype = types(name, w.shape)
+        data = encode(w, qtype, rng)
+        writer.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
+
+
+def add_metadata(writer: GGUFWriter, spec: TinySpec, tokenizer=None, tokenizer_pre: str | None = "olmo") -> None:
+    """The stablelm.* keys and the tokenizer, as the converter writes them."""
     writer.add_name("tiny-stablelm-test")
     writer.add_context_length(spec.n_ctx)
     writer.add_embedding_length(spec.n_embd)
@@ -172,15 +193,6 @@ def write_gguf(path, spec: TinySpec = TinySpec(), types=all_f32, weights=None, t
         add_placeholder_vocab(writer, spec.n_vocab)
     elif tokenizer is not None:
         add_tokenizer(writer, tokenizer, spec.n_vocab, tokenizer_pre)
-    for name, w in weights.items():
-        qtype = types(name, w.shape)
-        data = encode(w, qtype, rng)
-        writer.add_tensor(name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Path(path)
 
 
 # ---- tokenizer: a GPT-NeoX-style byte-level BPE, written as the converter writes it ----------

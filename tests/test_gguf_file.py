@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T, GGUFReader
@@ -50,6 +52,26 @@ def test_raw_is_the_bytes_on_disk_without_a_copy(mixed):
         assert raw.tobytes() == data[info.offset:info.offset + info.nbytes]
         assert not raw.flags.writeable
         assert np.shares_memory(raw, g._reader.data)  # a view into the memory map
+
+
+def rss_file_kib() -> int:
+    """Pages of mapped files this process holds (RssFile in /proc/self/status)."""
+    return int(next(line for line in open("/proc/self/status") if line.startswith("RssFile")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
+def test_release_unmaps_a_tensors_pages_and_keeps_its_bytes(tmp_path):
+    path = ggufmaker.write_gguf(tmp_path / "big.gguf", ggufmaker.TinySpec(n_vocab=16384))  # 16 MiB embedding
+    before = path.read_bytes()
+    g = GGUFFile(path)
+    name, n_kib = "token_embd.weight", g.tensor_info["token_embd.weight"].nbytes // 1024
+    start = rss_file_kib()
+    first = g.raw(name).sum(dtype=np.uint64)                     # touches every page of the tensor
+    assert rss_file_kib() - start > 0.9 * n_kib
+    g.release(name)
+    assert rss_file_kib() - start < 0.1 * n_kib
+    assert g.raw(name).sum(dtype=np.uint64) == first            # read again: mapped back in, same bytes
+    assert path.read_bytes() == before
 
 
 def test_dequantize_matches_gguf_py(mixed):

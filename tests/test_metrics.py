@@ -164,6 +164,7 @@ def test_a_model_against_itself(files):
     kld = kl_divergence(model, model, np.arange(128) % SPEC.n_vocab, n_ctx=32)
     assert np.abs(kld.per_position).max() < 1e-12 and kld.top1_agreement == 1.0
     assert np.all(kld.p_diff == 0)
+    assert torch.is_grad_enabled(), "scoring left autograd switched off for the caller"
 
 
 def test_paths_bring_their_tokenizer(files):

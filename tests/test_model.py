@@ -176,6 +176,19 @@ def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, tmp_
         assert ours.blk[0].attn.attn_q.weight is None or file_types["blk.0.attn_q.weight"] in (T.F32, T.F16, T.BF16)
 
 
+def test_lean_matrices_give_the_dense_gradients(tmp_path):
+    """Lean mode decodes every matrix into one reused scratch buffer, except when autograd keeps the
+    decoded weight for backward: gate and up both feed the product, so a shared buffer would show."""
+    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(), types=ggufmaker.q4_k_m_mix)
+    grads = []
+    for lean in (False, True):
+        ffn = StableLM.from_gguf(path, lean=lean).blk[0].ffn
+        x = torch.randn(2, 3, 256, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        (ffn.ffn_gate(x) * ffn.ffn_up(x)).sum().backward()
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q2_K"])
 @torch.no_grad()
 def test_files_quantized_by_llama_cpp(name):

@@ -113,6 +113,24 @@ def test_numpy_and_torch_decoders_equal_gguf_py_on_random_bytes(fmt):
 
 
 @pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
+def test_torch_decoder_writes_into_a_given_output(fmt):
+    raw = random_bytes(fmt, 256, seed=fmt.qtype.value + 1).reshape(4, -1)
+    out = torch.full((4, raw.shape[-1] // fmt.type_size * fmt.block_size), 7.0)  # stale values overwritten
+    assert fmt.dequantize_torch(torch.from_numpy(raw), out=out) is out
+    assert_same_bits(out.numpy(), gguf_py_dequantize(raw, fmt), fmt.block_size, f"{fmt.name} torch out=")
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "strided"])
+def test_torch_decoder_refuses_an_output_it_cannot_fill(bad):
+    fmt = quants.get("Q4_K")
+    raw = torch.from_numpy(random_bytes(fmt, 16, seed=3).reshape(2, -1))
+    out = {"shape": torch.empty(2, 2047), "dtype": torch.empty(2, 2048, dtype=torch.float16),
+           "strided": torch.empty(2048, 2).T}[bad]
+    with pytest.raises(ValueError, match=r"out must be a contiguous float32 tensor of shape \(2, 2048\)"):
+        fmt.dequantize_torch(raw, out=out)
+
+
+@pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
 def test_reference_decoder_equals_gguf_py_on_random_bytes(fmt):
     raw = random_bytes(fmt, RANDOM_BLOCKS, seed=fmt.qtype.value)
     assert_same_bits(fmt.dequantize_reference(raw), gguf_py_dequantize(raw, fmt), fmt.block_size,

@@ -27,14 +27,31 @@ LEAN_CHUNK_ROWS = 4096  # rows decoded at once in lean mode and while loading
 
 
 def decode_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, dtype: torch.dtype) -> torch.Tensor:
-    """uint8 rows of one tensor -> floats of ``dtype``, decoded a band of rows at a time (bounded scratch)."""
+    """uint8 rows of one tensor -> floats of ``dtype`` on the same device, decoded a band of rows at a
+    time straight into the result (another dtype goes through one float32 band of scratch)."""
     fmt = quants.get(qtype)
     rows = raw.reshape(-1, raw.shape[-1])
-    out = torch.empty(rows.shape[0], rows.shape[1] // fmt.type_size * fmt.block_size, dtype=dtype,
-                      device=raw.device)
+    out = quants.empty_tensor((rows.shape[0], rows.shape[1] // fmt.type_size * fmt.block_size), dtype, raw.device)
     for start in range(0, rows.shape[0], LEAN_CHUNK_ROWS):
-        out[start:start + LEAN_CHUNK_ROWS] = fmt.dequantize_torch(rows[start:start + LEAN_CHUNK_ROWS])
+        band = rows[start:start + LEAN_CHUNK_ROWS]
+        if dtype == torch.float32:
+            fmt.dequantize_torch(band, out=out[start:start + LEAN_CHUNK_ROWS])
+        else:
+            out[start:start + LEAN_CHUNK_ROWS] = fmt.dequantize_torch(band, out=scratch(band, fmt))
     return out
+
+
+_scratch: dict[torch.device, torch.Tensor] = {}
+
+
+def scratch(band: torch.Tensor, fmt) -> torch.Tensor:
+    """A float32 buffer for the weights of ``band``, one per device, reused from call to call: decoding
+    into warm memory skips the page faults of a fresh allocation (lean forward decodes every matrix)."""
+    n_weights = band.shape[0] * band.shape[1] // fmt.type_size * fmt.block_size
+    buffer = _scratch.get(band.device)
+    if buffer is None or buffer.numel() < n_weights:
+        buffer = _scratch[band.device] = quants.empty_tensor((n_weights,), torch.float32, band.device)
+    return buffer[:n_weights].view(band.shape[0], -1)
 
 
 # ---- weights as they come from the file --------------------------------------------------------
@@ -51,13 +68,15 @@ class GGUFWeights(nn.Module):
         self.register_buffer("raw", None)     # lean mode: the file's uint8 rows, decoded in forward
 
     def load(self, attr: str, raw: torch.Tensor, qtype: GGMLQuantizationType, dtype: torch.dtype,
-             lean: bool = False) -> None:
-        """Take one tensor's raw bytes (uint8 rows); keep them (lean) or decode them to ``dtype``."""
+             device="cpu", lean: bool = False) -> None:
+        """Take one tensor's raw bytes (uint8 rows, possibly a view into the file): keep a copy of them on
+        ``device`` (lean) or decode them there to ``dtype``."""
         self.qtype[attr] = qtype
+        on_device = raw.to(device) if torch.device(device).type != "cpu" else raw
         if lean and attr == "weight" and qtype not in FLOAT_TYPES:
-            self.raw = raw  # a uint8 buffer: .to(device) moves it, .to(dtype) leaves it alone
+            self.raw = on_device.clone() if on_device is raw else on_device  # a uint8 buffer: .to(dtype) leaves it
             return
-        value = decode_rows(raw, qtype, dtype)
+        value = decode_rows(on_device, qtype, dtype)
         setattr(self, attr, nn.Parameter(value.reshape(self._shape(attr)), requires_grad=False))
 
     def _shape(self, attr: str) -> tuple[int, ...]:
@@ -73,15 +92,18 @@ class Linear(GGUFWeights):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.weight is not None:
             return F.linear(x, self.weight, self.bias)
-        y = torch.cat([F.linear(x, w) for w in self.decoded_bands(x.dtype)], dim=-1)  # a band: some outputs
+        y = torch.cat([F.linear(x, w) for w in self.decoded_bands(x)], dim=-1)  # a band: some outputs
         return y + self.bias if self.bias is not None else y
 
-    def decoded_bands(self, dtype: torch.dtype):
+    def decoded_bands(self, x: torch.Tensor):
         """Lean mode: the weight decoded a band of rows at a time, so that a 50304-row output head
-        never exists in float32 all at once."""
+        never exists in float32 all at once. Each band is decoded into the same scratch buffer, used
+        up by the caller before the next one; not when autograd would keep the band for backward."""
         fmt = quants.get(self.qtype["weight"])
+        reuse = not (torch.is_grad_enabled() and x.requires_grad)
         for start in range(0, self.raw.shape[0], LEAN_CHUNK_ROWS):
-            yield fmt.dequantize_torch(self.raw[start:start + LEAN_CHUNK_ROWS]).to(dtype)
+            band = self.raw[start:start + LEAN_CHUNK_ROWS]
+            yield fmt.dequantize_torch(band, out=scratch(band, fmt) if reuse else None).to(x.dtype)
 
 
 class Embedding(GGUFWeights):

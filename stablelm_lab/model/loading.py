@@ -1,8 +1,10 @@
 """Fill a StableLM with the tensors of a GGUF file, whatever mix of ggml types it holds.
 
-Every tensor goes through ``stablelm_lab.quants``' torch kernels: its raw uint8 rows are copied to the
-device and decoded there. With ``lean=True`` the quantized matrices stay as bytes and each forward decodes
-them (so StableLM-3B in Q4_K_M needs ~2 GB instead of ~11 GB in float32).
+Tensor by tensor, through ``stablelm_lab.quants``' torch kernels: the raw uint8 rows are read from the
+memory map (on a GPU, copied there first) and decoded a band of rows at a time straight into the
+parameter's memory; then the tensor's pages of the file are released, so the peak is the model plus
+one band, never the model plus the file. With ``lean=True`` the quantized matrices stay as bytes and each
+forward decodes them (so StableLM-3B in Q4_K_M needs ~2 GB instead of ~11 GB in float32).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def load_gguf(cls, path_or_file, dtype=torch.float32, device="cpu", lean=False, 
         module, attr = slots[name]
         info = g.tensor_info[name]
         _check_tensor(g, info, module._shape(attr))
-        module.load(attr, _to_torch(g.raw(name), device), info.qtype, dtype, lean=lean)
+        module.load(attr, _file_view(g.raw(name)), info.qtype, dtype, device, lean=lean)
+        g.release(name)
     return model.to(device).eval()
 
 
@@ -55,12 +58,12 @@ def weight_slots(model) -> dict[str, tuple[GGUFWeights, str]]:
     return slots
 
 
-def _to_torch(raw: np.ndarray, device) -> torch.Tensor:
-    """The file's bytes as a uint8 tensor on ``device`` (on the CPU a copy, so the file can close)."""
-    with warnings.catch_warnings():  # the memmap is read-only; .to()/.clone() below copies it
+def _file_view(raw: np.ndarray) -> torch.Tensor:
+    """The file's bytes as a uint8 tensor, without a copy. The map is read-only: the loader only reads
+    this view, and copies what it keeps."""
+    with warnings.catch_warnings():  # torch warns that it cannot make a read-only array writable
         warnings.simplefilter("ignore", UserWarning)
-        view = torch.from_numpy(raw)
-    return view.to(device) if torch.device(device).type != "cpu" else view.clone()
+        return torch.from_numpy(raw)
 
 
 def _progress(names, g, progress):

@@ -115,7 +115,10 @@ class QuantFormat:
         in_threads(decode, len(blocks), step)
         return out.reshape(self._weights_shape(raw.shape))
 
-    def dequantize_torch(self, raw):
+    def dequantize_torch(self, raw, out=None):
+        """``raw`` decoded on its device; into ``out`` (a contiguous float32 tensor of the weights' shape,
+        on that device) when given: a loader decodes straight into a model's parameter that way, and a
+        decoder run again and again reuses one buffer instead of faulting in fresh pages each time."""
         import torch
 
         if not isinstance(raw, torch.Tensor):
@@ -123,17 +126,26 @@ class QuantFormat:
         if raw.dtype != torch.uint8:
             raise ValueError(f"{self.name} data must be uint8 bytes, got a {raw.dtype} tensor")
         self._check_row_bytes(tuple(raw.shape))
+        shape = self._weights_shape(tuple(raw.shape))
         blocks = raw.reshape(-1, self.type_size)
-        if raw.device.type != "cpu":
-            out = self.dequantize_blocks_torch(blocks)
+        if out is None:
+            out = empty_tensor(shape, torch.float32, raw.device)
         else:
-            # numpy asks the kernel for huge pages for a large array, torch's CPU allocator does not:
-            # first-touch page faults of a fresh 4 KiB-paged output cost as much as the decode itself.
-            out = torch.from_numpy(np.empty((len(blocks), self.block_size), dtype=np.float32))
-            step = max(1, CHUNK_WEIGHTS_TORCH_CPU // self.block_size)
-            for start in range(0, len(blocks), step):
-                self.dequantize_blocks_torch(blocks[start:start + step], out[start:start + step])
-        return out.reshape(self._weights_shape(tuple(raw.shape)))
+            self._check_torch_out(out, shape, raw.device)
+        weights = out.view(-1, self.block_size)
+        step = len(blocks) if raw.device.type != "cpu" else max(1, CHUNK_WEIGHTS_TORCH_CPU // self.block_size)
+        for start in range(0, len(blocks), step):
+            self.dequantize_blocks_torch(blocks[start:start + step], weights[start:start + step])
+        return out
+
+    def _check_torch_out(self, out, shape: tuple, device) -> None:
+        import torch
+
+        if (tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != device
+                or not out.is_contiguous()):
+            raise ValueError(f"{self.name}: out must be a contiguous float32 tensor of shape {shape} on "
+                             f"{device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
+                             f"{'' if out.is_contiguous() else ', not contiguous'}")
 
     def quantize(self, x) -> np.ndarray:
         if not self.can_quantize:
@@ -236,6 +248,20 @@ def scale_levels(out, levels, scale, minus=None, plus=None):
     if plus is not None:
         shaped += plus[..., None]
     return out
+
+
+# ---- output memory -------------------------------------------------------------------------------
+def empty_tensor(shape: tuple, dtype, device):
+    """``torch.empty``, except that on the CPU the memory comes from numpy: numpy asks the kernel for huge
+    pages for a large array, torch's CPU allocator does not, and the first-touch page faults of a fresh
+    4 KiB-paged output cost as much as decoding into it (docs/benchmarks.md measures both)."""
+    import torch
+
+    n_items = int(np.prod(shape))
+    if torch.device(device).type != "cpu" or n_items == 0:
+        return torch.empty(shape, dtype=dtype, device=device)
+    n_bytes = n_items * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.empty(n_bytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
 # ---- threads --------------------------------------------------------------------------------------

@@ -1,0 +1,265 @@
+"""StableLM-3B at full size, end to end: load time, peak memory and speed of stablelm_lab's model against
+transformers' GGUF loader (and llama.cpp, for reference), on the same files, in one run.
+
+    .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b                        # once: ~12 GB, ~10 min
+    .venv/bin/python tools/bench_3b.py --dir /tmp/3b --write docs/bench_3b.md
+
+For each file (Q4_K_M, Q8_0, Q4_0 by default) every contender runs in a fresh process, one after the
+other (so each peak is its own, measured as VmHWM: the most resident memory the process ever had, the
+pages of the mapped file included):
+
+    load       from the call to a runnable torch model (imports excluded): ours float32, bfloat16 and lean,
+               transformers' ``AutoModelForCausalLM.from_pretrained(dir, gguf_file=..., dtype=float32)``
+    prompt     one forward over 64 random token ids, filling the KV cache: tokens per second
+    generate   16 greedy tokens, one cached forward each: tokens per second
+
+after a warm-up forward of 8 tokens. llama.cpp runs when ``--llama-python`` (an interpreter that can
+import llama_cpp) is given or the current one can import it. Ratios are against transformers float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PROMPT_TOKENS, NEW_TOKENS, WARMUP_TOKENS = 64, 16, 8
+CONTENDERS = {  # label -> worker arguments
+    "ours float32": ["ours", "--dtype", "float32"],
+    "ours bfloat16": ["ours", "--dtype", "bfloat16"],
+    "ours lean (float32)": ["ours", "--dtype", "float32", "--lean"],
+    "transformers float32": ["transformers"],
+    "llama.cpp": ["llama"],
+}
+BASELINE = "transformers float32"
+
+
+# ---- the workers: one contender, one file, in its own process ---------------------------------------
+def peak_rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        return int(next(line for line in f if line.startswith("VmHWM")).split()[1]) / 2**20
+
+
+def prompt_ids(n_vocab: int) -> list[int]:
+    import random
+
+    rng = random.Random(0)
+    return [rng.randrange(n_vocab) for _ in range(PROMPT_TOKENS)]
+
+
+def timed_generation(first, step, n_vocab: int) -> dict:
+    """``first(ids)`` runs the prompt and returns the last logits; ``step(token)`` one cached token."""
+    ids = prompt_ids(n_vocab)
+    start = time.perf_counter()
+    logits = first(ids)
+    prompt_s = time.perf_counter() - start
+    tokens = []
+    start = time.perf_counter()
+    for _ in range(NEW_TOKENS):
+        tokens.append(int(logits.argmax()))
+        logits = step(tokens[-1])
+    generate_s = time.perf_counter() - start
+    return {"prompt_tok_s": PROMPT_TOKENS / prompt_s, "gen_tok_s": NEW_TOKENS / generate_s, "tokens": tokens}
+
+
+def run_ours(path: Path, dtype: str, lean: bool) -> dict:
+    import torch
+
+    from stablelm_lab import StableLM
+
+    start = time.perf_counter()
+    model = StableLM.from_gguf(path, dtype=getattr(torch, dtype), lean=lean, progress=False)
+    load = {"load_s": time.perf_counter() - start, "load_peak_gb": peak_rss_gb()}
+    n_vocab = model.config.n_vocab
+    with torch.no_grad():
+        model(list(range(WARMUP_TOKENS)))
+        cache = model.new_cache()
+        result = timed_generation(lambda ids: model(ids, cache)[0, -1], lambda t: model([t], cache)[0, -1], n_vocab)
+    return load | result
+
+
+def run_transformers(path: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    start = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    load = {"load_s": time.perf_counter() - start, "load_peak_gb": peak_rss_gb()}
+    state = {}
+
+    def first(ids):
+        out = model(torch.tensor([ids]), use_cache=True)
+        state["past"] = out.past_key_values
+        return out.logits[0, -1]
+
+    def step(token):
+        out = model(torch.tensor([[token]]), past_key_values=state["past"], use_cache=True)
+        state["past"] = out.past_key_values
+        return out.logits[0, -1]
+
+    with torch.no_grad():
+        model(torch.arange(WARMUP_TOKENS)[None])
+        result = timed_generation(first, step, model.config.vocab_size)
+    return load | result
+
+
+def run_llama(path: Path) -> dict:
+    import numpy as np
+    from llama_cpp import Llama
+
+    threads = len(os.sched_getaffinity(0))
+    start = time.perf_counter()
+    llm = Llama(str(path), n_ctx=PROMPT_TOKENS + NEW_TOKENS + WARMUP_TOKENS, n_threads=threads,
+                n_threads_batch=threads, n_batch=PROMPT_TOKENS, verbose=False)
+    load = {"load_s": time.perf_counter() - start, "load_peak_gb": peak_rss_gb()}
+    llm.eval(list(range(WARMUP_TOKENS)))
+    llm.reset()
+
+    def last_logits():  # without logits_all, llama.cpp keeps the logits of the batch's last token only
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+    def first(ids):
+        llm.eval(ids)
+        return last_logits()
+
+    def step(token):
+        llm.eval([token])
+        return last_logits()
+
+    return load | timed_generation(first, step, llm.n_vocab())
+
+
+def worker(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("who", choices=["ours", "transformers", "llama"])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--lean", action="store_true")
+    args = parser.parse_args(argv)
+    if args.who == "ours":
+        result = run_ours(args.file, args.dtype, args.lean)
+    elif args.who == "transformers":
+        result = run_transformers(args.file)
+    else:
+        result = run_llama(args.file)
+    print("RESULT " + json.dumps(result | {"peak_gb": peak_rss_gb()}))
+
+
+# ---- the driver --------------------------------------------------------------------------------------
+def measure(python: str, args: list[str], path: Path) -> dict:
+    cmd = [python, __file__, "--worker", args[0], str(path), *args[1:]]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode != 0 or not lines:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def llama_python(given: str | None) -> str | None:
+    for python in ([given] if given else [sys.executable]):
+        if subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def table(results: dict[str, dict]) -> list[str]:
+    base = results.get(BASELINE, {})
+    lines = ["| run | load s | load peak GB | prompt tok/s | generate tok/s | peak GB | "
+             "load speed-up | prompt / transformers | generate / transformers |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in results.items():
+        if "error" in r:
+            lines.append(f"| {label} | failed: {r['error'][:120]} |||||||| ")
+            continue
+
+        def ratio(key, invert=False):
+            if key not in base or label == BASELINE:
+                return ""
+            return f"{(base[key] / r[key]) if invert else (r[key] / base[key]):.2f}x"
+        lines.append(f"| {label} | {r['load_s']:.1f} | {r['load_peak_gb']:.2f} | {r['prompt_tok_s']:.1f} | "
+                     f"{r['gen_tok_s']:.2f} | {r['peak_gb']:.2f} | {ratio('load_s', invert=True)} | "
+                     f"{ratio('prompt_tok_s')} | {ratio('gen_tok_s')} |")
+    return lines
+
+
+def targets(results: dict[str, dict]) -> list[str]:
+    ours, lean, bf16, hf = (results.get(k, {}) for k in
+                            ("ours float32", "ours lean (float32)", "ours bfloat16", BASELINE))
+    if any("error" in r or not r for r in (ours, lean, bf16, hf)):
+        return ["Targets: not all runs finished."]
+    checks = [
+        (f"load >= 5x faster than transformers: {hf['load_s'] / ours['load_s']:.1f}x", hf["load_s"] / ours["load_s"] >= 5),
+        (f"at no more peak memory (float32): {ours['peak_gb']:.2f} vs {hf['peak_gb']:.2f} GB",
+         ours["peak_gb"] <= hf["peak_gb"]),
+        (f"bfloat16 load peak < 7 GB: {bf16['load_peak_gb']:.2f} GB", bf16["load_peak_gb"] < 7),
+        (f"lean peak < 3 GB (load, prompt and generation): {lean['peak_gb']:.2f} GB", lean["peak_gb"] < 3),
+        (f"prompt within 1.3x of transformers (float32): {ours['prompt_tok_s'] / hf['prompt_tok_s']:.2f}x",
+         ours["prompt_tok_s"] * 1.3 >= hf["prompt_tok_s"]),
+        (f"generation within 1.3x of transformers (float32): {ours['gen_tok_s'] / hf['gen_tok_s']:.2f}x",
+         ours["gen_tok_s"] * 1.3 >= hf["gen_tok_s"]),
+    ]
+    same = sum(a == b for a, b in zip(ours["tokens"], hf["tokens"]))
+    lines = [f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks]
+    return lines + [f"- greedy tokens, ours float32 vs transformers: {same} of {NEW_TOKENS} equal"]
+
+
+def machine() -> str:
+    import torch
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    mem = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]) / 2**20
+    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), {mem:.0f} GiB; Python {platform.python_version()}, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dir", required=True, type=Path, help="where tools/make_3b_gguf.py wrote the files")
+    parser.add_argument("--mixes", default="Q4_K_M,Q8_0,Q4_0")
+    parser.add_argument("--runs", default=",".join(CONTENDERS), help="which contenders (comma-separated)")
+    parser.add_argument("--llama-python", default=None, help="a Python that can import llama_cpp")
+    parser.add_argument("--write", type=Path, default=None, help="also write the report to this file")
+    args = parser.parse_args()
+    llama = llama_python(args.llama_python)
+    report = ["# StableLM-3B-shaped GGUF files: load, memory, speed", "",
+              "```", "python tools/make_3b_gguf.py --out DIR",
+              f"python tools/bench_3b.py --dir DIR --mixes {args.mixes}"
+              + (" --llama-python PY" if args.llama_python else ""), "```", "",
+              machine() + ".", f"Prompt {PROMPT_TOKENS} tokens, then {NEW_TOKENS} greedy tokens with the KV cache, "
+              f"batch 1. Peak = VmHWM (file pages included).", ""]
+    print("\n".join(report), flush=True)
+    for mix in args.mixes.split(","):
+        path = next(args.dir.glob(f"*.{mix}.gguf"), None)
+        if path is None:
+            sys.exit(f"no *.{mix}.gguf in {args.dir}: run tools/make_3b_gguf.py --out {args.dir}")
+        results = {}
+        for label in args.runs.split(","):
+            if label == "llama.cpp" and llama is None:
+                continue
+            results[label] = measure(llama if label == "llama.cpp" else sys.executable, CONTENDERS[label], path)
+            print(f"  {mix} {label}: {json.dumps({k: v for k, v in results[label].items() if k != 'tokens'})}",
+                  file=sys.stderr, flush=True)
+        section = [f"## {mix}: {path.stat().st_size / 1e9:.2f} GB", "", *table(results), "", *targets(results), ""]
+        print("\n".join(section), flush=True)
+        report += section
+    if llama is None:
+        report.append("llama.cpp: not measured (no Python with llama_cpp; pass --llama-python).")
+    if args.write:
+        args.write.write_text("\n".join(report) + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2:])
+    else:
+        main()

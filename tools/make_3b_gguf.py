@@ -1,0 +1,92 @@
+"""Write full-size StableLM-3B-4E1T-shaped GGUF files with random weights, for the benchmarks.
+
+    .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b                  # F16, then Q4_K_M, Q8_0, Q4_0
+    .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b --mixes Q4_K_M --layers 4
+
+The shape is the real model's (2560 wide, 32 layers, 32 heads of 80, rotary on 20 of them, FFN 6912,
+vocab 50304, LayerNorm with bias, sequential residual). First an F16 file, as llama.cpp's converter writes
+it (matrices F16, norms and biases F32), streamed one tensor at a time: the 2.8 B weights are never in
+memory together. Then each mix is made from it by the project's own quantizer (``quantize_gguf``, the
+file llama-quantize would write), the mixes in parallel processes. About 5.6 GB + 1.7 (Q4_K_M) + 3.0
+(Q8_0) + 1.6 (Q4_0) GB of disk. Nothing of this size is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+import ggufmaker  # noqa: E402
+
+from stablelm_lab.quantize_file import quantize_gguf  # noqa: E402
+
+MIXES = ("Q4_K_M", "Q8_0", "Q4_0")
+
+
+def stablelm_3b_spec(n_layer: int = 32) -> ggufmaker.TinySpec:
+    """StableLM-3B-4E1T's hyper-parameters (its config.json), with random weights."""
+    return ggufmaker.TinySpec(n_vocab=50304, n_embd=2560, n_layer=n_layer, n_head=32, n_head_kv=32, n_ff=6912,
+                              n_ctx=4096, n_rot=20, norm_eps=1e-5, rope_base=10000.0)
+
+
+def converter_dtype(shape) -> type:
+    """llama.cpp's converter at --outtype f16: matrices in F16, 1-D tensors (norms, biases) in F32."""
+    return np.float16 if len(shape) >= 2 else np.float32
+
+
+def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
+    """The F16 file, written tensor by tensor: the table first (names, shapes, sizes), then the data."""
+    shapes = ggufmaker.weight_shapes(spec)
+    writer = GGUFWriter(str(path), "stablelm")
+    ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
+    for name, shape in shapes.items():
+        dtype = np.dtype(converter_dtype(shape))
+        writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    from tqdm import tqdm
+
+    for name, w in tqdm(ggufmaker.random_weight_stream(spec), total=len(shapes), desc="F16 tensors"):
+        writer.write_tensor_data(w.astype(converter_dtype(w.shape)))
+    writer.close()
+    return path
+
+
+def quantize(src: Path, mix: str) -> tuple[str, float]:
+    start = time.perf_counter()
+    quantize_gguf(src, src.with_name(src.name.replace("F16", mix)), mix, progress=True)
+    return mix, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for the files (not inside the repository)")
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--mixes", default=",".join(MIXES))
+    parser.add_argument("--jobs", type=int, default=2, help="mixes quantized at once")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    f16 = out / f"stablelm-3b-shaped-{args.layers}L.F16.gguf"
+    if not f16.exists():
+        start = time.perf_counter()
+        write_f16(f16.with_suffix(".part"), stablelm_3b_spec(args.layers)).rename(f16)
+        print(f"{f16}: {f16.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s")
+    mixes = [m for m in args.mixes.split(",") if m]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for mix, seconds in pool.map(quantize, [f16] * len(mixes), mixes):
+            dst = f16.with_name(f16.name.replace("F16", mix))
+            print(f"{dst}: {dst.stat().st_size / 1e9:.2f} GB in {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
