@@ -79,9 +79,11 @@ def bench_dequant(n_rows: int, n_cols: int, repeat: int, names: list[str],
             t_gguf = best_seconds(lambda: gguf.quants.dequantize(raw, fmt.qtype), repeat)
         t_numpy = best_seconds(lambda: fmt.dequantize(raw), repeat)
         t_torch = best_seconds(lambda: fmt.dequantize_torch(raw_t), repeat)
+        out = torch.empty(n_rows, n_cols)
+        t_torch_out = best_seconds(lambda: fmt.dequantize_torch(raw_t, out=out), repeat)
         bound = bandwidth / (fmt.type_size / fmt.block_size + 4)
         rows.append({"format": name, "gguf-py": n / t_gguf, "numpy": n / t_numpy, "torch": n / t_torch,
-                     "bound": bound, "bandwidth": bandwidth, "threads": threads})
+                     "torch out=": n / t_torch_out, "bound": bound, "bandwidth": bandwidth, "threads": threads})
     return rows
 
 
@@ -91,7 +93,7 @@ def best_of_rounds(rounds: list[list[dict]]) -> list[dict]:
     best = [dict(row) for row in rounds[0]]
     for rows in rounds[1:]:
         for b, row in zip(best, rows):
-            for key in ("gguf-py", "numpy", "torch", "bound", "bandwidth"):
+            for key in ("gguf-py", "numpy", "torch", "torch out=", "bound", "bandwidth"):
                 b[key] = max(b[key], row[key])
     return best
 
@@ -99,15 +101,18 @@ def best_of_rounds(rounds: list[list[dict]]) -> list[dict]:
 def format_dequant_table(rows: list[dict], n_rows: int, n_cols: int, fresh: dict | None = None) -> str:
     threads, bandwidth = rows[0]["threads"], rows[0]["bandwidth"]
     lines = [f"Dequantize a {n_rows}x{n_cols} tensor: M weights/s (best of runs), ratios to gguf-py,",
-             "and torch's share of the memory-bandwidth bound (bytes read + float32 written).",
+             "and torch's share of the memory-bandwidth bound (bytes read + float32 written). torch: into a",
+             "new tensor; torch out=: into one that exists (as lean mode decodes into its reused band).",
              f"Threads: gguf-py {threads['gguf-py']}, numpy {threads['numpy']}, torch {threads['torch']}. "
              f"Copy bandwidth {bandwidth / 1e9:.1f} GB/s.", "",
-             "| format | gguf-py | numpy | torch | numpy / gguf-py | torch / gguf-py | torch / bound |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+             "| format | gguf-py | numpy | torch | torch out= | numpy / gguf-py | torch / gguf-py "
+             "| torch / bound | torch out= / bound |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['format']} | {r['gguf-py'] / 1e6:.0f} | {r['numpy'] / 1e6:.0f} | "
-                     f"{r['torch'] / 1e6:.0f} | {r['numpy'] / r['gguf-py']:.2f}x | "
-                     f"{r['torch'] / r['gguf-py']:.2f}x | {r['torch'] / r['bound']:.0%} |")
+                     f"{r['torch'] / 1e6:.0f} | {r['torch out='] / 1e6:.0f} | {r['numpy'] / r['gguf-py']:.2f}x | "
+                     f"{r['torch'] / r['gguf-py']:.2f}x | {r['torch'] / r['bound']:.0%} | "
+                     f"{r['torch out='] / r['bound']:.0%} |")
     if fresh is None:
         return "\n".join(lines)
     floor = bandwidth / 4.5625        # the bound of a 4.5-bit format (Q4_0, Q4_K), for scale

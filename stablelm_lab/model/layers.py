@@ -31,7 +31,10 @@ def decode_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, dtype: torch.dty
     time straight into the result (another dtype goes through one float32 band of scratch)."""
     fmt = quants.get(qtype)
     rows = raw.reshape(-1, raw.shape[-1])
-    out = quants.empty_tensor((rows.shape[0], rows.shape[1] // fmt.type_size * fmt.block_size), dtype, raw.device)
+    # torch's allocator, not numpy's huge pages: a whole model of fresh huge pages made the kernel stop to
+    # compact memory (a 3B float32 load took 10-13 s instead of 7; tools/bench_3b.py)
+    out = torch.empty((rows.shape[0], rows.shape[1] // fmt.type_size * fmt.block_size), dtype=dtype,
+                      device=raw.device)
     for start in range(0, rows.shape[0], LEAN_CHUNK_ROWS):
         band = rows[start:start + LEAN_CHUNK_ROWS]
         if dtype == torch.float32:
@@ -50,7 +53,7 @@ def scratch(band: torch.Tensor, fmt) -> torch.Tensor:
     n_weights = band.shape[0] * band.shape[1] // fmt.type_size * fmt.block_size
     buffer = _scratch.get(band.device)
     if buffer is None or buffer.numel() < n_weights:
-        buffer = _scratch[band.device] = quants.empty_tensor((n_weights,), torch.float32, band.device)
+        buffer = _scratch[band.device] = torch.empty(n_weights, device=band.device)
     return buffer[:n_weights].view(band.shape[0], -1)
 
 

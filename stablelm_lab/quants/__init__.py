@@ -13,7 +13,7 @@ from __future__ import annotations
 from gguf import GGMLQuantizationType
 
 from . import floats, iq4, legacy, mxfp4, q2_k, q3_k, q4_k, q5_k, q6_k, ternary
-from .base import QuantFormat, empty_tensor
+from .base import QuantFormat
 
 _MODULES = [floats, legacy, q2_k, q3_k, q4_k, q5_k, q6_k, iq4, ternary, mxfp4]
 
