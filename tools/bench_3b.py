@@ -227,7 +227,7 @@ def targets(results: dict[str, dict]) -> list[str]:
     if any("error" in r or not r for r in (ours, lean, bf16, hf)):
         return ["Targets: not all runs finished."]
     checks = [
-        (f"load >= 5x faster than transformers: {hf['load_s'] / ours['load_s']:.1f}x", hf["load_s"] / ours["load_s"] >= 5),
+        (f"load >= 5x faster than transformers: {hf['load_s'] / ours['load_s']:.2f}x", hf["load_s"] / ours["load_s"] >= 5),
         (f"at no more peak memory (float32): {ours['peak_gb']:.2f} vs {hf['peak_gb']:.2f} GB",
          ours["peak_gb"] <= hf["peak_gb"]),
         (f"bfloat16 load peak < 7 GB: {bf16['load_peak_gb']:.2f} GB", bf16["load_peak_gb"] < 7),

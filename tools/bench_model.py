@@ -1,17 +1,16 @@
-"""Forward-pass speed of stablelm_lab's StableLM against transformers' eager StableLM, same weights, one run.
+"""Forward-pass speed of stablelm_lab's StableLM against transformers' eager StableLM, same weights, one run,
+both models in this process: the tiny test shape and a slice of StableLM-3B-4E1T (2 layers at full width).
 
-    .venv/bin/python tools/bench_model.py                  # tiny model and a 3B-shaped slice (2 layers)
-    .venv/bin/python tools/bench_model.py --layers 32      # the full 3B shape (writes ~11 GB to --tmp)
+    .venv/bin/python tools/bench_model.py
 
 The 3B shape is StableLM-3B-4E1T's: 2560 wide, 32 heads, rotary 20 of 80, 6912 FFN, vocab 50304.
-Random weights are written with tests/ggufmaker.py into a temporary GGUF (never committed). Also
-reports the peak RSS of loading that shape from a Q4_K_M-like file, dense and lean, in fresh processes.
+Random weights are written with tests/ggufmaker.py into a temporary float32 GGUF (never committed).
+The whole 32-layer model, its load time and memory, lean mode and llama.cpp: tools/bench_3b.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,16 +55,6 @@ def speed(spec, tmp: Path, n_tokens: int, repeats: int) -> tuple[float, float]:
     return n_tokens / best_ours, n_tokens / best_hf
 
 
-def peak_rss_mb(path: Path, lean: bool) -> float:
-    # VmHWM, not ru_maxrss: a child's ru_maxrss starts from its parent's size at fork
-    code = (f"import torch; from stablelm_lab import StableLM; "
-            f"m = StableLM.from_gguf({str(path)!r}, lean={lean}, progress=False); "
-            f"torch.no_grad()(m)(torch.zeros(1, 16, dtype=torch.long)); "
-            f"print(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    return int(out.stdout.split()[-1]) / 1024
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layers", type=int, default=2)
@@ -83,13 +72,6 @@ def main() -> None:
         for name, spec in specs.items():
             ours, hf = speed(spec, tmp, args.tokens, args.repeats)
             print(f"{name:28s} {ours:11.1f} {hf:13.1f} {ours / hf:17.2f}x")
-        spec = list(specs.values())[-1]
-        path = ggufmaker.write_gguf(tmp / "q4km.gguf", spec, types=ggufmaker.q4_k_m_mix)
-        size = path.stat().st_size / 2**20
-        print(f"\npeak RSS, load + 16-token forward, Q4_K_M-like file of {size:.0f} MiB "
-              f"({list(specs)[-1]}):")
-        for lean in (False, True):
-            print(f"  lean={lean!s:5s}  {peak_rss_mb(path, lean):8.0f} MiB")
 
 
 if __name__ == "__main__":
