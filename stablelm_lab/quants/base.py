@@ -128,8 +128,12 @@ class QuantFormat:
         self._check_row_bytes(tuple(raw.shape))
         shape = self._weights_shape(tuple(raw.shape))
         blocks = raw.reshape(-1, self.type_size)
-        if out is None:
-            out = empty_tensor(shape, torch.float32, raw.device)
+        if out is None and raw.device.type == "cpu":
+            # numpy asks the kernel for huge pages for a large array, torch's CPU allocator does not:
+            # first-touch page faults of a fresh 4 KiB-paged output cost as much as the decode itself.
+            out = torch.from_numpy(np.empty(shape, dtype=np.float32))
+        elif out is None:
+            out = torch.empty(shape, device=raw.device)
         else:
             self._check_torch_out(out, shape, raw.device)
         weights = out.view(-1, self.block_size)
@@ -248,20 +252,6 @@ def scale_levels(out, levels, scale, minus=None, plus=None):
     if plus is not None:
         shaped += plus[..., None]
     return out
-
-
-# ---- output memory -------------------------------------------------------------------------------
-def empty_tensor(shape: tuple, dtype, device):
-    """``torch.empty``, except that on the CPU the memory comes from numpy: numpy asks the kernel for huge
-    pages for a large array, torch's CPU allocator does not, and the first-touch page faults of a fresh
-    4 KiB-paged output cost as much as decoding into it (docs/benchmarks.md measures both)."""
-    import torch
-
-    n_items = int(np.prod(shape))
-    if torch.device(device).type != "cpu" or n_items == 0:
-        return torch.empty(shape, dtype=dtype, device=device)
-    n_bytes = n_items * torch.empty((), dtype=dtype).element_size()
-    return torch.from_numpy(np.empty(n_bytes, dtype=np.uint8)).view(dtype).view(shape)
 
 
 # ---- threads --------------------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def torch_chunk_nibbles(qs):
 def torch_chunk_nibbles_into(out, qs):
     """torch_chunk_nibbles written as float32 straight into out (n, 256), each nibble plane into its
     place: no interleaved uint8 copy in between (the whole decode measured 5-10% faster on the CPU).
-    Returns out as (n, 8, 32), the levels scale_levels then scales in place."""
+    Returns out as (n, 8, 32): the levels, which scale_levels then scales in place (its copy of the
+    levels into out is a copy onto itself, which torch skips)."""
     chunks, weights = qs.contiguous().view(-1, 4, 32), out.view(-1, 4, 2, 32)
     weights[:, :, 0].copy_(chunks & 0x0F)
     weights[:, :, 1].copy_(chunks >> 4)
