@@ -291,6 +291,8 @@ def main() -> None:
         report += section
     if llama is None:
         report.append("llama.cpp: not measured (no Python with llama_cpp; pass --llama-python).")
+    report.append("Why a target is missed, and where the time goes: "
+                  "[benchmarks.md, The 3B model at full size](benchmarks.md#the-3b-model-at-full-size).")
     if args.write:
         args.write.write_text("\n".join(report) + "\n")
 
