@@ -123,35 +123,43 @@ def format_dequant_table(rows: list[dict], n_rows: int, n_cols: int, fresh: dict
     return "\n".join(lines)
 
 
+def add_dequant_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the dequantization benchmark (here and in ``stablelm-lab bench``)."""
+    parser.add_argument("--rows", type=int, default=2560)
+    parser.add_argument("--cols", type=int, default=6912)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="whole runs over the formats; each speed is the best of them")
+    parser.add_argument("--formats", default=",".join(n for n in quants.names() if n != "F32"),
+                        help="comma-separated type names (default: all but F32)")
+    parser.add_argument("--threads", type=int, default=base.THREADS,
+                        help=f"threads of the numpy decoder (default: the cores available, {base.THREADS})")
+    parser.add_argument("--torch-threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's own)")
+
+
+def run_dequant(args: argparse.Namespace) -> str:
+    """The table for parsed ``add_dequant_arguments`` options; an unknown format fails before any timing."""
+    import torch
+
+    names = [n.strip() for n in args.formats.split(",") if n.strip()]
+    for name in names:
+        quants.get(name)
+    base.THREADS = args.threads
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    rows = best_of_rounds([bench_dequant(args.rows, args.cols, args.repeat, names) for _ in range(args.rounds)])
+    return format_dequant_table(rows, args.rows, args.cols, fresh_write_rates(args.rows * args.cols, args.repeat))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m stablelm_lab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
-    dq = sub.add_parser("dequant", help="dequantization speed of every format vs gguf-py")
-    dq.add_argument("--rows", type=int, default=2560)
-    dq.add_argument("--cols", type=int, default=6912)
-    dq.add_argument("--repeat", type=int, default=5)
-    dq.add_argument("--rounds", type=int, default=1,
-                    help="whole runs over the formats; each speed is the best of them")
-    dq.add_argument("--formats", default=",".join(n for n in quants.names() if n != "F32"),
-                    help="comma-separated type names (default: all but F32)")
-    dq.add_argument("--threads", type=int, default=base.THREADS,
-                    help=f"threads of the numpy decoder (default: the cores available, {base.THREADS})")
-    dq.add_argument("--torch-threads", type=int, default=None,
-                    help="torch.set_num_threads (default: torch's own)")
+    add_dequant_arguments(sub.add_parser("dequant", help="dequantization speed of every format vs gguf-py"))
     args = parser.parse_args(argv)
     if args.what == "dequant":
-        import torch
-
-        names = [n.strip() for n in args.formats.split(",") if n.strip()]
-        base.THREADS = args.threads
-        if args.torch_threads:
-            torch.set_num_threads(args.torch_threads)
-        rows = best_of_rounds([bench_dequant(args.rows, args.cols, args.repeat, names)
-                               for _ in range(args.rounds)])
-        fresh = fresh_write_rates(args.rows * args.cols, args.repeat)
-        print(format_dequant_table(rows, args.rows, args.cols, fresh))
-
+        print(run_dequant(args))
 
 if __name__ == "__main__":
     main()

@@ -110,10 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("bench", help="dequantization speed of every format, as ratios to gguf-py")
-    p.add_argument("--rows", type=int, default=2560)
-    p.add_argument("--cols", type=int, default=6912)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--formats", default=None, help="comma-separated type names (default: all but F32)")
+    from .bench import add_dequant_arguments
+
+    add_dequant_arguments(p)
     p.set_defaults(run=cmd_bench)
     return parser
 
@@ -263,14 +262,9 @@ def _compare_text(args) -> str | None:
 
 
 def cmd_bench(args) -> None:
-    from . import quants
-    from .bench import bench_dequant, format_dequant_table
+    from .bench import run_dequant
 
-    names = ([n.strip() for n in args.formats.split(",") if n.strip()] if args.formats
-             else [n for n in quants.names() if n != "F32"])
-    for name in names:
-        quants.get(name)  # an unknown name fails here, before any timing
-    print(format_dequant_table(bench_dequant(args.rows, args.cols, args.repeat, names), args.rows, args.cols))
+    print(run_dequant(args))
 
 
 def _table(headers: list[str], rows: list[tuple], indent: int = 0) -> str:
