@@ -6,18 +6,40 @@
 
 The embedded default is a small StableLM-3B-4E1T-shaped model trained by ``python -m stablelm_lab.train``
 on the Python standard library (data/README.md says how, and how well it does). data/ is found next to
-the package, so the workbook opens it from any working directory.
+the package in a checkout (or an editable install), and under the environment's share/stablelm-lab/data
+in a regular install (pyproject's data-files), so the workbook opens it from any working directory.
 """
 
 from __future__ import annotations
 
 import os
+from importlib import metadata
 from pathlib import Path
 
 ENV_VAR = "STABLELM_GGUF"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 MODEL_NAME = "tiny-stablelm"
 DEFAULT_VARIANT = "F16"
+CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"
+INSTALLED_DATA = "share/stablelm-lab/data"        # where pyproject's data-files puts data/ in an install
+
+
+def find_data_dir() -> Path:
+    """data/ of the checkout when it holds the embedded default, else the installed copy (found through the
+    distribution's file list, wherever --prefix or --user put it), else the checkout's path."""
+    default = f"{MODEL_NAME}.{DEFAULT_VARIANT}.gguf"
+    if (CHECKOUT_DATA / default).is_file():
+        return CHECKOUT_DATA
+    try:
+        files = metadata.distribution("stablelm-lab").files or []
+    except metadata.PackageNotFoundError:
+        files = []
+    for file in files:
+        if file.as_posix().endswith(f"{INSTALLED_DATA}/{default}"):
+            return Path(file.locate()).resolve().parent
+    return CHECKOUT_DATA
+
+
+DATA_DIR = find_data_dir()
 
 
 def default_gguf() -> Path:
