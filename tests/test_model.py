@@ -189,6 +189,19 @@ def test_lean_matrices_give_the_dense_gradients(tmp_path):
     assert torch.equal(grads[0], grads[1])
 
 
+@torch.no_grad()
+def test_lean_models_in_two_threads_do_not_share_a_band(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(n_ff=4096), types=ggufmaker.q4_k_m_mix)
+    model = StableLM.from_gguf(path, lean=True)
+    inputs = [prompt(8, seed=s) for s in range(8)]
+    alone = [model(ids) for ids in inputs]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(model, inputs))
+    assert all(torch.equal(a, b) for a, b in zip(alone, together))
+
+
 @pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q2_K"])
 @torch.no_grad()
 def test_files_quantized_by_llama_cpp(name):

@@ -11,6 +11,7 @@ nh = n_head, nkv = n_head_kv, hs = head_dim.
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -44,16 +45,18 @@ def decode_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, dtype: torch.dty
     return out
 
 
-_scratch: dict[torch.device, torch.Tensor] = {}
+_scratch = threading.local()  # per thread: two threads running lean models must not share a band
 
 
 def scratch(band: torch.Tensor, fmt) -> torch.Tensor:
-    """A float32 buffer for the weights of ``band``, one per device, reused from call to call: decoding
-    into warm memory skips the page faults of a fresh allocation (lean forward decodes every matrix)."""
+    """A float32 buffer for the weights of ``band``, one per device and thread, reused from call to call:
+    decoding into warm memory skips the page faults of a fresh allocation (lean forward decodes every
+    matrix)."""
     n_weights = band.shape[0] * band.shape[1] // fmt.type_size * fmt.block_size
-    buffer = _scratch.get(band.device)
+    buffers = _scratch.__dict__.setdefault("by_device", {})
+    buffer = buffers.get(band.device)
     if buffer is None or buffer.numel() < n_weights:
-        buffer = _scratch[band.device] = torch.empty(n_weights, device=band.device)
+        buffer = buffers[band.device] = torch.empty(n_weights, device=band.device)
     return buffer[:n_weights].view(band.shape[0], -1)
 
 
