@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ggufmaker  # noqa: E402
 
 from stablelm_lab.quantize_file import quantize_gguf  # noqa: E402
+from stablelm_lab.train.export import converter_dtype, converter_type  # noqa: E402
 
 MIXES = ("Q4_K_M", "Q8_0", "Q4_0")
 
@@ -37,18 +38,13 @@ def stablelm_3b_spec(n_layer: int = 32) -> ggufmaker.TinySpec:
                               n_ctx=4096, n_rot=20, norm_eps=1e-5, rope_base=10000.0)
 
 
-def converter_dtype(shape) -> type:
-    """llama.cpp's converter at --outtype f16: matrices in F16, 1-D tensors (norms, biases) in F32."""
-    return np.float16 if len(shape) >= 2 else np.float32
-
-
 def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
     """The F16 file, written tensor by tensor: the table first (names, shapes, sizes), then the data."""
     shapes = ggufmaker.weight_shapes(spec)
     writer = GGUFWriter(str(path), "stablelm")
     ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
     for name, shape in shapes.items():
-        dtype = np.dtype(converter_dtype(shape))
+        dtype = np.dtype(converter_type(name, shape))
         writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -56,7 +52,7 @@ def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
     from tqdm import tqdm
 
     for name, w in tqdm(ggufmaker.random_weight_stream(spec), total=len(shapes), desc="F16 tensors"):
-        writer.write_tensor_data(w.astype(converter_dtype(w.shape)))
+        writer.write_tensor_data(converter_dtype(name, w))
     writer.close()
     return path
 

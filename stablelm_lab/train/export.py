@@ -46,11 +46,14 @@ def write_gguf(path, model, tokenizer, name: str, description: str) -> None:
     writer.close()
 
 
-def converter_dtype(name: str, value: np.ndarray) -> np.ndarray:
+def converter_type(name: str, shape) -> type:
     """convert_hf_to_gguf --outtype f16: 1-D tensors and norm weights stay F32, matrices become F16."""
-    if value.ndim <= 1 or name.endswith("_norm.weight"):
-        return value
-    return value.astype(np.float16)
+    return np.float32 if len(shape) <= 1 or name.endswith("_norm.weight") else np.float16
+
+
+def converter_dtype(name: str, value: np.ndarray) -> np.ndarray:
+    """``value`` (float32) stored as the converter stores it."""
+    return value.astype(converter_type(name, value.shape), copy=False)
 
 
 def add_tokenizer(writer: GGUFWriter, tok, n_vocab: int) -> None:
