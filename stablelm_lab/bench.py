@@ -22,12 +22,15 @@ from . import quants
 from .quants import base
 
 
-def best_seconds(fn, repeat: int) -> float:
+def best_seconds(fn, repeat: int, sync=lambda: None) -> float:
+    """The fastest of ``repeat`` timed calls after one warm-up; ``sync`` waits for a GPU's queued work."""
     fn()  # warm-up: first-touch page faults and lazy initialisation are not the kernel's speed
+    sync()
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -37,6 +40,20 @@ def copy_bandwidth(n_bytes: int = 512 << 20, repeat: int = 3) -> float:
     src = np.ones(n_bytes // 4, dtype=np.float32)
     dst = np.empty_like(src)
     return 2 * n_bytes / best_seconds(lambda: np.copyto(dst, src), repeat)
+
+
+def device_copy_bandwidth(device, n_bytes: int = 2 << 30, repeat: int = 10) -> float:
+    """The same for a GPU's own memory: a device-to-device copy."""
+    import torch
+    src = torch.ones(n_bytes // 4, device=device)
+    dst = torch.empty_like(src)
+    return 2 * n_bytes / best_seconds(lambda: dst.copy_(src), repeat, device_sync(device))
+
+
+def device_sync(device):
+    """A function that waits for ``device``'s queued kernels (nothing to wait for on the CPU)."""
+    import torch
+    return (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else (lambda: None)
 
 
 def fresh_write_rates(n_weights: int, repeat: int) -> dict:
@@ -62,25 +79,29 @@ def realistic_blocks(fmt, n_rows: int, n_cols: int, seed: int = 0) -> np.ndarray
 
 
 def bench_dequant(n_rows: int, n_cols: int, repeat: int, names: list[str],
-                  bandwidth: float | None = None) -> list[dict]:
-    """One row per format: weights per second of the three decoders, the bound, and the setting."""
+                  bandwidth: float | None = None, device: str = "cpu") -> list[dict]:
+    """One row per format: weights per second of the three decoders, the bound, and the setting. On a
+    GPU ``device``, torch decodes there and the bound is that device's copy bandwidth."""
     import gguf
     import torch
 
-    bandwidth = bandwidth or copy_bandwidth()
-    threads = {"gguf-py": 1, "numpy": base.THREADS, "torch": torch.get_num_threads()}
+    on_cpu = torch.device(device).type == "cpu"
+    bandwidth = bandwidth or (copy_bandwidth() if on_cpu else device_copy_bandwidth(device))
+    sync = device_sync(device)
+    threads = {"gguf-py": 1, "numpy": base.THREADS, "torch": torch.get_num_threads() if on_cpu else device}
     n = n_rows * n_cols
     rows = []
     for name in names:
         fmt = quants.get(name)
         raw = realistic_blocks(fmt, n_rows, n_cols)
-        raw_t = torch.from_numpy(raw)
+        raw_t = torch.from_numpy(raw).to(device)
         with np.errstate(all="ignore"):
             t_gguf = best_seconds(lambda: gguf.quants.dequantize(raw, fmt.qtype), repeat)
         t_numpy = best_seconds(lambda: fmt.dequantize(raw), repeat)
-        t_torch = best_seconds(lambda: fmt.dequantize_torch(raw_t), repeat)
-        out = torch.empty(n_rows, n_cols)
-        t_torch_out = best_seconds(lambda: fmt.dequantize_torch(raw_t, out=out), repeat)
+        t_torch = best_seconds(lambda: fmt.dequantize_torch(raw_t), repeat, sync)
+        out = torch.empty(n_rows, n_cols, device=device)
+        t_torch_out = best_seconds(lambda: fmt.dequantize_torch(raw_t, out=out), repeat, sync)
+        del out
         bound = bandwidth / (fmt.type_size / fmt.block_size + 4)
         rows.append({"format": name, "gguf-py": n / t_gguf, "numpy": n / t_numpy, "torch": n / t_torch,
                      "torch out=": n / t_torch_out, "bound": bound, "bandwidth": bandwidth, "threads": threads})
@@ -104,7 +125,9 @@ def format_dequant_table(rows: list[dict], n_rows: int, n_cols: int, fresh: dict
              "and torch's share of the memory-bandwidth bound (bytes read + float32 written). torch: into a",
              "new tensor; torch out=: into one that exists (as lean mode decodes into its reused band).",
              f"Threads: gguf-py {threads['gguf-py']}, numpy {threads['numpy']}, torch {threads['torch']}. "
-             f"Copy bandwidth {bandwidth / 1e9:.1f} GB/s.", "",
+             f"Copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+             f"{'' if threads['torch'] != 'cuda' else ' (the GPU: torch decodes there, gguf-py and numpy on the CPU)'}.",
+             "",
              "| format | gguf-py | numpy | torch | torch out= | numpy / gguf-py | torch / gguf-py "
              "| torch / bound | torch out= / bound |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -136,6 +159,8 @@ def add_dequant_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"threads of the numpy decoder (default: the cores available, {base.THREADS})")
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--device", default="cpu",
+                        help="where torch decodes, e.g. cuda: the bound is then that device's copy bandwidth")
 
 
 def run_dequant(args: argparse.Namespace) -> str:
@@ -148,8 +173,9 @@ def run_dequant(args: argparse.Namespace) -> str:
     base.THREADS = args.threads
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    rows = best_of_rounds([bench_dequant(args.rows, args.cols, args.repeat, names) for _ in range(args.rounds)])
-    return format_dequant_table(rows, args.rows, args.cols, fresh_write_rates(args.rows * args.cols, args.repeat))
+    rounds = [bench_dequant(args.rows, args.cols, args.repeat, names, device=args.device) for _ in range(args.rounds)]
+    fresh = fresh_write_rates(args.rows * args.cols, args.repeat) if args.device == "cpu" else None
+    return format_dequant_table(best_of_rounds(rounds), args.rows, args.cols, fresh)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import ggufmaker
+from devices import TORCH_DEVICES
 from stablelm_lab import GGUFFile, StableLM
 
 SPEC = ggufmaker.TinySpec(n_vocab=50304, n_embd=2560, n_layer=1, n_head=32, n_head_kv=32, n_ff=6912,
@@ -42,12 +43,13 @@ def test_the_file_reads_as_stablelm_3b(path):
     assert config.partial_rotary_factor == 0.25 and not config.parallel_residual
 
 
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("lean", [False, True], ids=["dense", "lean"])
-def test_full_width_logits_match_transformers(path, transformers_logits, lean):
+def test_full_width_logits_match_transformers(path, transformers_logits, lean, device):
     ids, expected = transformers_logits
-    model = StableLM.from_gguf(path, lean=lean)
+    model = StableLM.from_gguf(path, lean=lean, device=device)
     with torch.no_grad():
-        ours = model(ids)
+        ours = model(ids).cpu()
     assert ours.shape == (1, 6, 50304)
     assert (ours - expected).abs().max().item() < LOGITS_RTOL * expected.abs().max().item()
     assert torch.equal(ours.argmax(-1), expected.argmax(-1))

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType as T, GGUFReader
 
 import ggufmaker
+from devices import TORCH_DEVICES
 from ggufmaker import TinySpec
 from stablelm_lab import GGUFError, StableLM, quants
 from stablelm_lab.model import LayerNorm, Rotary
@@ -159,17 +160,20 @@ def require_formats(path):
         pytest.skip(f"quant formats not implemented yet: {missing}")
 
 
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("lean", [False, True], ids=["dense", "lean"])
 @pytest.mark.parametrize("case", list(QUANT_CASES))
 @torch.no_grad()
-def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, tmp_path):
+def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, device, tmp_path):
     spec = TinySpec(n_head_kv=2, seed=7, qkv_bias=True)
     path = ggufmaker.write_gguf(tmp_path / f"{case}.gguf", spec, types=QUANT_CASES[case])
     require_formats(path)
-    ours = StableLM.from_gguf(path, lean=lean)
+    ours = StableLM.from_gguf(path, lean=lean, device=device)
     hf = ggufmaker.transformers_model(path, spec)
     ids = prompt(16, seed=8)
-    assert (ours(ids) - hf(ids).logits).abs().max().item() < LOGITS_ATOL
+    logits = ours(ids)
+    assert logits.device.type == device
+    assert (logits.cpu() - hf(ids).logits).abs().max().item() < LOGITS_ATOL
     file_types = {t.name: t.tensor_type for t in GGUFReader(str(path)).tensors}
     assert ours.weight_types == file_types
     if lean:  # quantized matrices kept as bytes
@@ -200,6 +204,24 @@ def test_lean_models_in_two_threads_do_not_share_a_band(tmp_path):
     with ThreadPoolExecutor(2) as pool:
         together = list(pool.map(model, inputs))
     assert all(torch.equal(a, b) for a, b in zip(alone, together))
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["dense", "lean"])
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+@torch.no_grad()
+def test_cached_decoding_and_greedy_tokens_on_each_device(device, lean, tmp_path):
+    spec = TinySpec(n_head_kv=2, seed=9)
+    path = ggufmaker.write_gguf(tmp_path / "m.gguf", spec, types=ggufmaker.q4_k_m_mix)
+    ours = StableLM.from_gguf(path, device=device, lean=lean)
+    hf = ggufmaker.transformers_model(path, spec)
+    ids = prompt(12, seed=10)
+    cache = ours.new_cache()
+    steps = [ours(ids[:, :8], cache)] + [ours(ids[:, t:t + 1], cache) for t in range(8, 12)]
+    assert (torch.cat(steps, dim=1).cpu() - hf(ids).logits).abs().max().item() < LOGITS_ATOL
+
+    from stablelm_lab.generate import generate_ids
+    theirs = hf.generate(ids[:1, :6], max_new_tokens=24, do_sample=False, pad_token_id=0)[0, 6:].tolist()
+    assert list(generate_ids(ours, ids[0, :6].tolist(), max_new_tokens=24, do_sample=False)) == theirs
 
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "Q8_0", "Q2_K"])

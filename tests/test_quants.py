@@ -14,6 +14,7 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
+from devices import TORCH_DEVICES
 from stablelm_lab import quants
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -103,21 +104,27 @@ def test_sizes_quoted_by_the_workbook_are_ggml_static_asserts():
 
 # ---- decoding: three decoders, two outside truths ---------------------------------------------------
 @pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
-def test_numpy_and_torch_decoders_equal_gguf_py_on_random_bytes(fmt):
+def test_numpy_decoder_equals_gguf_py_on_random_bytes(fmt):
     raw = random_bytes(fmt, RANDOM_BLOCKS, seed=fmt.qtype.value)
-    truth = gguf_py_dequantize(raw, fmt)
-    assert_same_bits(fmt.dequantize(raw), truth, fmt.block_size, f"{fmt.name} numpy")
-    ours_torch = fmt.dequantize_torch(torch.from_numpy(raw))
-    assert ours_torch.dtype == torch.float32
-    assert_same_bits(ours_torch.numpy(), truth, fmt.block_size, f"{fmt.name} torch")
+    assert_same_bits(fmt.dequantize(raw), gguf_py_dequantize(raw, fmt), fmt.block_size, f"{fmt.name} numpy")
 
 
+@pytest.mark.parametrize("device", TORCH_DEVICES)
 @pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
-def test_torch_decoder_writes_into_a_given_output(fmt):
+def test_torch_decoder_equals_gguf_py_on_random_bytes(fmt, device):
+    raw = random_bytes(fmt, RANDOM_BLOCKS, seed=fmt.qtype.value)
+    ours = fmt.dequantize_torch(torch.from_numpy(raw).to(device))
+    assert ours.dtype == torch.float32 and ours.device.type == device
+    assert_same_bits(ours.cpu().numpy(), gguf_py_dequantize(raw, fmt), fmt.block_size, f"{fmt.name} torch")
+
+
+@pytest.mark.parametrize("device", TORCH_DEVICES)
+@pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
+def test_torch_decoder_writes_into_a_given_output(fmt, device):
     raw = random_bytes(fmt, 256, seed=fmt.qtype.value + 1).reshape(4, -1)
-    out = torch.full((4, raw.shape[-1] // fmt.type_size * fmt.block_size), 7.0)  # stale values overwritten
-    assert fmt.dequantize_torch(torch.from_numpy(raw), out=out) is out
-    assert_same_bits(out.numpy(), gguf_py_dequantize(raw, fmt), fmt.block_size, f"{fmt.name} torch out=")
+    out = torch.full((4, raw.shape[-1] // fmt.type_size * fmt.block_size), 7.0, device=device)  # stale values
+    assert fmt.dequantize_torch(torch.from_numpy(raw).to(device), out=out) is out
+    assert_same_bits(out.cpu().numpy(), gguf_py_dequantize(raw, fmt), fmt.block_size, f"{fmt.name} torch out=")
 
 
 @pytest.mark.parametrize("bad", ["shape", "dtype", "strided"])
@@ -145,8 +152,9 @@ def test_decoders_equal_llama_cpp(fmt, golden_rows):
               for key in golden_rows if key.startswith(f"quantized/{fmt.name}/")]
     for raw, truth in cases:
         assert_same_bits(fmt.dequantize(raw), truth, fmt.block_size, f"{fmt.name} numpy")
-        assert_same_bits(fmt.dequantize_torch(torch.from_numpy(raw)).numpy(), truth, fmt.block_size,
-                         f"{fmt.name} torch")
+        for device in TORCH_DEVICES:
+            assert_same_bits(fmt.dequantize_torch(torch.from_numpy(raw).to(device)).cpu().numpy(), truth,
+                             fmt.block_size, f"{fmt.name} torch on {device}")
         assert_same_bits(fmt.dequantize_reference(raw), truth, fmt.block_size, f"{fmt.name} reference")
 
 

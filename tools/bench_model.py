@@ -1,7 +1,9 @@
 """Forward-pass speed of stablelm_lab's StableLM against transformers' eager StableLM, same weights, one run,
 both models in this process: the tiny test shape and a slice of StableLM-3B-4E1T (2 layers at full width).
 
-    .venv/bin/python tools/bench_model.py
+    .venv/bin/python tools/bench_model.py [--device cuda]
+
+On a GPU (--device cuda) both models run there, and each time waits for the device's queued work.
 
 The 3B shape is StableLM-3B-4E1T's: 2560 wide, 32 heads, rotary 20 of 80, 6912 FFN, vocab 50304.
 Random weights are written with tests/ggufmaker.py into a temporary float32 GGUF (never committed).
@@ -35,16 +37,18 @@ def shapes(layers: int) -> dict[str, ggufmaker.TinySpec]:
 def seconds(forward, ids) -> float:
     start = time.perf_counter()
     forward(ids)
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize(ids.device)
     return time.perf_counter() - start
 
 
-def speed(spec, tmp: Path, n_tokens: int, repeats: int) -> tuple[float, float]:
+def speed(spec, tmp: Path, n_tokens: int, repeats: int, device: str = "cpu") -> tuple[float, float]:
     """Tokens/s of ours and of transformers, best of ``repeats``, the two runs interleaved (a shared
     machine's noise then hits both alike)."""
     path = ggufmaker.write_gguf(tmp / "f32.gguf", spec)
-    ids = torch.randint(0, spec.n_vocab, (1, n_tokens))
-    ours = StableLM.from_gguf(path)
-    hf = ggufmaker.transformers_model(path, spec)
+    ids = torch.randint(0, spec.n_vocab, (1, n_tokens), device=device)
+    ours = StableLM.from_gguf(path, device=device)
+    hf = ggufmaker.transformers_model(path, spec).to(device)
     hf_forward = lambda x: hf(x).logits  # noqa: E731
     seconds(ours, ids), seconds(hf_forward, ids)  # warm-up
     best_ours = best_hf = float("inf")
@@ -61,16 +65,18 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tmp", default=None)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, float32, batch 1, "
-          f"{args.tokens} tokens, best of {args.repeats}")
+    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
+        f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, float32, batch 1, {args.tokens} tokens, best of {args.repeats}")
     print(f"{'model':28s} {'ours tok/s':>11s} {'transformers':>13s} {'ours/transformers':>18s}")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         specs = shapes(args.layers)
         for name, spec in specs.items():
-            ours, hf = speed(spec, tmp, args.tokens, args.repeats)
+            ours, hf = speed(spec, tmp, args.tokens, args.repeats, args.device)
             print(f"{name:28s} {ours:11.1f} {hf:13.1f} {ours / hf:17.2f}x")
 
 
