@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from gguf import GGMLQuantizationType as T, GGUFReader
 
 import ggufmaker
@@ -44,12 +43,30 @@ def pair(request, tmp_path_factory):
 
 
 # ---- layers ----------------------------------------------------------------------------------------
-def test_layernorm_is_torch_layer_norm():
+def layer_norm_formula(x, weight, bias=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dim, biased variance, in float64."""
+    x = x.double()
+    mean = x.mean(-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)
+    y = (x - mean) / torch.sqrt(var + eps) * weight.double()
+    return y if bias is None else y + bias.double()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layernorm_is_the_formula(dtype):
     norm = LayerNorm((64,), eps=1e-5)
-    norm.weight = torch.nn.Parameter(torch.randn(64), requires_grad=False)
-    norm.bias = torch.nn.Parameter(torch.randn(64), requires_grad=False)
-    x = torch.randn(3, 5, 64) * 3 + 1
-    torch.testing.assert_close(norm(x), F.layer_norm(x, (64,), norm.weight, norm.bias, 1e-5), atol=1e-5, rtol=1e-5)
+    norm.weight = torch.nn.Parameter(torch.randn(64, dtype=dtype), requires_grad=False)
+    norm.bias = torch.nn.Parameter(torch.randn(64, dtype=dtype), requires_grad=False)
+    x = (torch.randn(3, 5, 64) * 3 + 1).to(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bfloat16 keeps 8 bits of mantissa
+    torch.testing.assert_close(norm(x).double(), layer_norm_formula(x, norm.weight, norm.bias), atol=tol, rtol=tol)
+
+
+def test_per_head_layernorm_is_the_formula_for_each_head():
+    norm = LayerNorm((4, 16), eps=1e-5, bias=False)          # StableLM 2's q/k norm: a weight per head
+    norm.weight = torch.nn.Parameter(torch.randn(4, 16), requires_grad=False)
+    x = torch.randn(2, 3, 4, 16) * 2 - 1
+    torch.testing.assert_close(norm(x).double(), layer_norm_formula(x, norm.weight), atol=1e-5, rtol=1e-5)
 
 
 def test_rotary_turns_pairs_i_and_i_plus_half():

@@ -13,7 +13,9 @@ pages of the mapped file included):
     prompt     one forward over 64 random token ids, filling the KV cache: tokens per second
     generate   16 greedy tokens, one cached forward each: tokens per second
 
-after a warm-up forward of 8 tokens. Before each run the page cache is dropped (when the benchmark runs
+after a warm-up forward of 8 tokens. With ``--device cuda`` the torch contenders run on the GPU
+(transformers' load then includes moving the model there) and the table adds their peak GPU memory
+(torch.cuda.max_memory_allocated); llama.cpp is left out there. Before each run the page cache is dropped (when the benchmark runs
 as root) and the file read once, so that every run finds it in the page cache and the rest of memory free. llama.cpp runs when ``--llama-python`` (an interpreter that can
 import llama_cpp) is given or the current one can import it. Ratios are against transformers float32.
 """
@@ -58,34 +60,38 @@ def timed_generation(first, step, n_vocab: int) -> dict:
     """``first(ids)`` runs the prompt and returns the last logits; ``step(token)`` one cached token."""
     ids = prompt_ids(n_vocab)
     start = time.perf_counter()
-    logits = first(ids)
+    tokens = [int(first(ids).argmax())]            # int(): waits for a GPU's queued work
     prompt_s = time.perf_counter() - start
-    tokens = []
     start = time.perf_counter()
     for _ in range(NEW_TOKENS):
-        tokens.append(int(logits.argmax()))
-        logits = step(tokens[-1])
+        tokens.append(int(step(tokens[-1]).argmax()))
     generate_s = time.perf_counter() - start
+    tokens = tokens[:NEW_TOKENS]
     return {"prompt_tok_s": PROMPT_TOKENS / prompt_s, "gen_tok_s": NEW_TOKENS / generate_s, "tokens": tokens}
 
 
-def run_ours(path: Path, dtype: str, lean: bool) -> dict:
+def gpu_peak(device: str) -> dict:
+    import torch
+    return {"gpu_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.startswith("cuda") else {}
+
+
+def run_ours(path: Path, dtype: str, lean: bool, device: str) -> dict:
     import torch
 
     from stablelm_lab import StableLM
 
     start = time.perf_counter()
-    model = StableLM.from_gguf(path, dtype=getattr(torch, dtype), lean=lean, progress=False)
+    model = StableLM.from_gguf(path, dtype=getattr(torch, dtype), lean=lean, progress=False, device=device)
     load = {"load_s": time.perf_counter() - start, "load_peak_gb": peak_rss_gb()}
     n_vocab = model.config.n_vocab
     with torch.no_grad():
         model(list(range(WARMUP_TOKENS)))
         cache = model.new_cache()
         result = timed_generation(lambda ids: model(ids, cache)[0, -1], lambda t: model([t], cache)[0, -1], n_vocab)
-    return load | result
+    return load | result | gpu_peak(device)
 
 
-def run_transformers(path: Path) -> dict:
+def run_transformers(path: Path, device: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging
@@ -93,24 +99,24 @@ def run_transformers(path: Path) -> dict:
     logging.set_verbosity_error()
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
+                                                 attn_implementation="eager").eval().to(device)
     load = {"load_s": time.perf_counter() - start, "load_peak_gb": peak_rss_gb()}
     state = {}
 
     def first(ids):
-        out = model(torch.tensor([ids]), use_cache=True)
+        out = model(torch.tensor([ids], device=device), use_cache=True)
         state["past"] = out.past_key_values
         return out.logits[0, -1]
 
     def step(token):
-        out = model(torch.tensor([[token]]), past_key_values=state["past"], use_cache=True)
+        out = model(torch.tensor([[token]], device=device), past_key_values=state["past"], use_cache=True)
         state["past"] = out.past_key_values
         return out.logits[0, -1]
 
     with torch.no_grad():
-        model(torch.arange(WARMUP_TOKENS)[None])
+        model(torch.arange(WARMUP_TOKENS, device=device)[None])
         result = timed_generation(first, step, model.config.vocab_size)
-    return load | result
+    return load | result | gpu_peak(device)
 
 
 def run_llama(path: Path) -> dict:
@@ -145,11 +151,12 @@ def worker(argv: list[str]) -> None:
     parser.add_argument("file", type=Path)
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--lean", action="store_true")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.who == "ours":
-        result = run_ours(args.file, args.dtype, args.lean)
+        result = run_ours(args.file, args.dtype, args.lean, args.device)
     elif args.who == "transformers":
-        result = run_transformers(args.file)
+        result = run_transformers(args.file, args.device)
     else:
         result = run_llama(args.file)
     print("RESULT " + json.dumps(result | {"peak_gb": peak_rss_gb()}))
@@ -175,8 +182,9 @@ def best_of(runs: list[dict]) -> dict:
         best["load_s"] = min(best["load_s"], r["load_s"])
         for key in ("prompt_tok_s", "gen_tok_s"):
             best[key] = max(best[key], r[key])
-        for key in ("load_peak_gb", "peak_gb"):
-            best[key] = max(best[key], r[key])
+        for key in ("load_peak_gb", "peak_gb", "gpu_peak_gb"):
+            if key in best:
+                best[key] = max(best[key], r[key])
     return best
 
 
@@ -203,9 +211,10 @@ def llama_python(given: str | None) -> str | None:
 
 def table(results: dict[str, dict]) -> list[str]:
     base = results.get(BASELINE, {})
+    gpu = any("gpu_peak_gb" in r for r in results.values())
     lines = ["| run | load s | load peak GB | prompt tok/s | generate tok/s | peak GB | "
-             "load speed-up | prompt / transformers | generate / transformers |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             + ("GPU peak GB | " if gpu else "") + "load speed-up | prompt / transformers | generate / transformers |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
     for label, r in results.items():
         if "error" in r:
             lines.append(f"| {label} | failed: {r['error'][:120]} |||||||| ")
@@ -216,7 +225,8 @@ def table(results: dict[str, dict]) -> list[str]:
                 return ""
             return f"{(base[key] / r[key]) if invert else (r[key] / base[key]):.2f}x"
         lines.append(f"| {label} | {r['load_s']:.1f} | {r['load_peak_gb']:.2f} | {r['prompt_tok_s']:.1f} | "
-                     f"{r['gen_tok_s']:.2f} | {r['peak_gb']:.2f} | {ratio('load_s', invert=True)} | "
+                     f"{r['gen_tok_s']:.2f} | {r['peak_gb']:.2f} | "
+                     + (f"{r.get('gpu_peak_gb', float('nan')):.2f} | " if gpu else "") + f"{ratio('load_s', invert=True)} | "
                      f"{ratio('prompt_tok_s')} | {ratio('gen_tok_s')} |")
     return lines
 
@@ -242,14 +252,15 @@ def targets(results: dict[str, dict]) -> list[str]:
     return lines + [f"- greedy tokens, ours float32 vs transformers: {same} of {NEW_TOKENS} equal"]
 
 
-def machine() -> str:
+def machine(device: str = "cpu") -> str:
     import torch
     import transformers
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     mem = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]) / 2**20
     return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), {mem:.0f} GiB; Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}")
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+            + (f"; device {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""))
 
 
 def main() -> None:
@@ -262,13 +273,15 @@ def main() -> None:
                         help="runs of each contender (fresh processes); the table keeps the best time and "
                              "the highest peak (a virtual machine's first touch of memory varies by 2x)")
     parser.add_argument("--write", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--device", default="cpu", help="where the torch contenders run (cuda: on the GPU)")
     args = parser.parse_args()
     llama = llama_python(args.llama_python)
     report = ["# StableLM-3B-shaped GGUF files: load, memory, speed", "",
               "```", "python tools/make_3b_gguf.py --out DIR",
               f"python tools/bench_3b.py --dir DIR --mixes {args.mixes} --repeat {args.repeat}"
+              + (f" --device {args.device}" if args.device != "cpu" else "")
               + (" --llama-python PY" if args.llama_python else ""), "```", "",
-              machine() + ".", f"Prompt {PROMPT_TOKENS} tokens, then {NEW_TOKENS} greedy tokens with the KV cache, "
+              machine(args.device) + ".", f"Prompt {PROMPT_TOKENS} tokens, then {NEW_TOKENS} greedy tokens with the KV cache, "
               f"batch 1. Peak = VmHWM (file pages included). Before every run the page cache was dropped "
               f"({'done' if os.access('/proc/sys/vm/drop_caches', os.W_OK) else 'not allowed here'}) and the file read once. "
               f"Each contender ran {args.repeat} times, each time in a fresh process: the fastest time and the "
@@ -280,16 +293,19 @@ def main() -> None:
             sys.exit(f"no *.{mix}.gguf in {args.dir}: run tools/make_3b_gguf.py --out {args.dir}")
         results = {}
         for label in args.runs.split(","):
-            if label == "llama.cpp" and llama is None:
+            if label == "llama.cpp" and (llama is None or args.device != "cpu"):
                 continue
             python = llama if label == "llama.cpp" else sys.executable
-            results[label] = best_of([measure(python, CONTENDERS[label], path) for _ in range(args.repeat)])
+            worker_args = CONTENDERS[label] + (["--device", args.device] if label != "llama.cpp" else [])
+            results[label] = best_of([measure(python, worker_args, path) for _ in range(args.repeat)])
             print(f"  {mix} {label}: {json.dumps({k: v for k, v in results[label].items() if k != 'tokens'})}",
                   file=sys.stderr, flush=True)
         section = [f"## {mix}: {path.stat().st_size / 1e9:.2f} GB", "", *table(results), "", *targets(results), ""]
         print("\n".join(section), flush=True)
         report += section
-    if llama is None:
+    if args.device != "cpu":
+        report.append(f"llama.cpp: not run (the torch contenders ran on {args.device}).")
+    elif llama is None:
         report.append("llama.cpp: not measured (no Python with llama_cpp; pass --llama-python).")
     report.append("Why a target is missed, and where the time goes: "
                   "[benchmarks.md, The 3B model at full size](benchmarks.md#the-3b-model-at-full-size).")

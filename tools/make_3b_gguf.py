@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b                  # F16, then Q4_K_M, Q8_0, Q4_0
     .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b --mixes Q4_K_M --layers 4
+    .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b --mixes Q4_K_M --random-blocks   # seconds
 
 The shape is the real model's (2560 wide, 32 layers, 32 heads of 80, rotary on 20 of them, FFN 6912,
 vocab 50304, LayerNorm with bias, sequential residual). First an F16 file, as llama.cpp's converter writes
@@ -9,6 +10,11 @@ it (matrices F16, norms and biases F32), streamed one tensor at a time: the 2.8 
 memory together. Then each mix is made from it by the project's own quantizer (``quantize_gguf``, the
 file llama-quantize would write), the mixes in parallel processes. About 5.6 GB + 1.7 (Q4_K_M) + 3.0
 (Q8_0) + 1.6 (Q4_0) GB of disk. Nothing of this size is committed.
+
+With --random-blocks no F16 file and no quantizer: each mix's file gets the types llama.cpp's mix rules
+choose (``mixes.choose_type``), filled with random blocks of plausible scales (``bench.realistic_blocks``).
+Seconds instead of minutes, for load and speed measurements where a fresh machine has little time (the
+weights then mean nothing; the logits still agree between runs on the same file).
 """
 
 from __future__ import annotations
@@ -20,12 +26,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from gguf import GGUFWriter
+from gguf import GGMLQuantizationType as T, GGUFWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import ggufmaker  # noqa: E402
 
+from stablelm_lab import quants  # noqa: E402
+from stablelm_lab.bench import realistic_blocks  # noqa: E402
+from stablelm_lab.gguf_file import TensorInfo  # noqa: E402
+from stablelm_lab.mixes import ModelShape, choose_type, get_mix  # noqa: E402
 from stablelm_lab.quantize_file import quantize_gguf  # noqa: E402
 from stablelm_lab.train.export import converter_dtype, converter_type  # noqa: E402
 
@@ -57,6 +67,29 @@ def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
     return path
 
 
+def write_random_blocks(path: Path, spec: ggufmaker.TinySpec, mix: str) -> Path:
+    """The mix's types for every tensor, as random blocks; norms near 1, biases near 0 (float32)."""
+    rules, model = get_mix(mix), ModelShape(spec.n_layer, spec.n_head // spec.n_head_kv)
+    choices = [choose_type(TensorInfo(name, shape, T.F32, 0, 0), rules, model)
+               for name, shape in ggufmaker.weight_shapes(spec).items()]
+    writer = GGUFWriter(str(path), "stablelm")
+    ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
+    for c in choices:
+        writer.add_tensor_info(c.name, c.shape, np.float32, c.nbytes, raw_dtype=c.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    rng = np.random.default_rng(spec.seed)
+    for i, c in enumerate(choices):
+        if c.qtype == T.F32:
+            w = rng.normal(1.0 if "_norm.weight" in c.name else 0.0, 0.02, c.shape).astype(np.float32)
+            writer.write_tensor_data(w)
+        else:
+            writer.write_tensor_data(realistic_blocks(quants.get(c.qtype), c.shape[0], c.shape[-1], seed=i))
+    writer.close()
+    return path
+
+
 def quantize(src: Path, mix: str) -> tuple[str, float]:
     start = time.perf_counter()
     quantize_gguf(src, src.with_name(src.name.replace("F16", mix)), mix, progress=True)
@@ -69,9 +102,18 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--mixes", default=",".join(MIXES))
     parser.add_argument("--jobs", type=int, default=2, help="mixes quantized at once")
+    parser.add_argument("--random-blocks", action="store_true",
+                        help="write each mix directly, as random blocks of its types (no F16, no quantizer)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.random_blocks:
+        for mix in filter(None, args.mixes.split(",")):
+            start = time.perf_counter()
+            dst = write_random_blocks(out / f"stablelm-3b-shaped-{args.layers}L-random-blocks.{mix}.gguf",
+                                      stablelm_3b_spec(args.layers), mix)
+            print(f"{dst}: {dst.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s")
+        return
     f16 = out / f"stablelm-3b-shaped-{args.layers}L.F16.gguf"
     if not f16.exists():
         start = time.perf_counter()

@@ -140,11 +140,11 @@ class LayerNorm(GGUFWeights):
         return self.weight_shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()  # statistics in float32 whatever the model dtype
-        mean = x32.mean(dim=-1, keepdim=True)
-        var = ((x32 - mean) ** 2).mean(dim=-1, keepdim=True)  # biased variance, as in the paper
-        y = ((x32 - mean) * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
-        return y + self.bias if self.bias is not None else y
+        # torch's layer_norm: one kernel, the biased variance, and mean and variance in float32 even for
+        # a bfloat16 x (its accumulate type)
+        if self.weight.dim() == 1:
+            return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.weight.shape[-1:], eps=self.eps) * self.weight   # per head
 
 
 # ---- position: rotary embedding on part of each head --------------------------------------------
@@ -160,21 +160,31 @@ class Rotary(nn.Module):
         self.n_rot = n_rot
         inv_freq = 1.0 / (base ** (torch.arange(0, n_rot, 2, dtype=torch.float32) / n_rot))  # (n_rot/2,)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._last = (None, None, None, None)  # (pos, dtype, cos, sin) of the last call
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # x (B, T, n, hs), pos (T,)
-        angle = pos.float()[:, None] * self.inv_freq[None, :]      # (T, n_rot/2)
-        cos = angle.cos()[:, None, :].to(x.dtype)                 # (T, 1, n_rot/2): same for every head
-        sin = angle.sin()[:, None, :].to(x.dtype)
+        cos, sin = self.cos_sin(pos, x.dtype)
         half = self.n_rot // 2
         x1, x2, rest = x[..., :half], x[..., half:self.n_rot], x[..., self.n_rot:]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
+
+    def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin of every angle, (T, 1, n_rot/2): the same for every head. Computed once per
+        positions tensor: the model shares one Rotary among its layers and hands all of them the same
+        pos, so q and k of every layer reuse the first call's (a GPU then runs 2 kernels, not 256)."""
+        last_pos, last_dtype, cos, sin = self._last                  # one read: threads may share it
+        if last_pos is not pos or last_dtype != dtype:
+            angle = pos.float()[:, None] * self.inv_freq[None, :]     # (T, n_rot/2)
+            cos, sin = angle.cos()[:, None, :].to(dtype), angle.sin()[:, None, :].to(dtype)
+            self._last = (pos, dtype, cos, sin)
+        return cos, sin
 
 
 # ---- attention -----------------------------------------------------------------------------------
 class Attention(nn.Module):
     """Causal self-attention; n_head query heads share n_head_kv key/value heads (grouped-query)."""
 
-    def __init__(self, config: StableLMConfig, layer: int):
+    def __init__(self, config: StableLMConfig, layer: int, rotary: Rotary | None = None):
         super().__init__()
         C, hs, nkv = config.n_embd, config.head_dim, config.n_head_kv
         self.layer, self.n_head, self.n_head_kv, self.head_dim = layer, config.n_head, nkv, hs
@@ -185,7 +195,7 @@ class Attention(nn.Module):
         if config.qk_norm:  # StableLM 2 12B: a LayerNorm per head, weight only
             self.attn_q_norm = LayerNorm((config.n_head, hs), config.norm_eps, bias=False)
             self.attn_k_norm = LayerNorm((nkv, hs), config.norm_eps, bias=False)
-        self.rotary = Rotary(config.n_rot, config.rope_base)
+        self.rotary = rotary or Rotary(config.n_rot, config.rope_base)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None,
                 tap: Tap = NO_TAP) -> torch.Tensor:
@@ -202,13 +212,14 @@ class Attention(nn.Module):
             k, v = cache.append(self.layer, k, v)                      # (B, S, nkv, hs)
 
         group = self.n_head // self.n_head_kv                          # query heads per KV head
-        q = q.transpose(1, 2)                                          # (B, nh, T, hs)
-        k = k.transpose(1, 2).repeat_interleave(group, dim=1)          # (B, nh, S, hs)
-        v = v.transpose(1, 2).repeat_interleave(group, dim=1)          # (B, nh, S, hs)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T or S, hs)
+        if group > 1:
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
 
         kq = tap("kq", q @ k.transpose(-2, -1))                        # (B, nh, T, S)
         scores = kq * (1.0 / math.sqrt(self.head_dim))
-        scores = scores.masked_fill(causal_mask(T, k.shape[2], x.device), float("-inf"))
+        if T > 1:  # one new token (T = 1) may look at every key: nothing to mask
+            scores = scores.masked_fill(causal_mask(T, k.shape[2], x.device), float("-inf"))
         probs = tap("kq_soft_max", F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
         out = probs @ v                                                # (B, nh, T, hs)
         out = tap("kqv_out", out.transpose(1, 2).reshape(B, T, -1))    # (B, T, nh*hs)
@@ -242,10 +253,10 @@ class Block(nn.Module):
     parallel (2-12B):      h = x + attn(attn_norm(x));  out = h + mlp(attn_norm(x))
     """
 
-    def __init__(self, config: StableLMConfig, layer: int):
+    def __init__(self, config: StableLMConfig, layer: int, rotary: Rotary | None = None):
         super().__init__()
         self.attn_norm = LayerNorm((config.n_embd,), config.norm_eps)
-        self.attn = Attention(config, layer)
+        self.attn = Attention(config, layer, rotary)
         if not config.parallel_residual:
             self.ffn_norm = LayerNorm((config.n_embd,), config.norm_eps)
         self.ffn = MLP(config)

@@ -15,7 +15,7 @@ from torch import nn
 from ..config import StableLMConfig
 from .cache import KVCache
 from .hooks import NO_TAP, Hook, Tap
-from .layers import Block, Embedding, GGUFWeights, LayerNorm, Linear
+from .layers import Block, Embedding, GGUFWeights, LayerNorm, Linear, Rotary
 
 
 class StableLM(nn.Module):
@@ -23,7 +23,8 @@ class StableLM(nn.Module):
         super().__init__()
         self.config = config
         self.token_embd = Embedding(config.n_vocab, config.n_embd, dtype)
-        self.blk = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        rotary = Rotary(config.n_rot, config.rope_base)  # one for all layers: cos and sin computed once
+        self.blk = nn.ModuleList(Block(config, i, rotary) for i in range(config.n_layer))
         self.output_norm = LayerNorm((config.n_embd,), config.norm_eps)
         self.output = Linear(config.n_embd, config.n_vocab)
 
