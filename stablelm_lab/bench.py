@@ -1,14 +1,15 @@
 """Benchmarks that print tables, each speed a ratio against a baseline measured in the same run.
 
     python -m stablelm_lab.bench dequant [--rows 2560 --cols 6912 --repeat 5 --formats Q4_K,Q6_K]
-                                         [--rounds 3 --threads N --torch-threads N]
+                                         [--rounds 3 --threads N --torch-threads N --device cuda]
 
 dequant: for each format, millions of weights per second decoded by gguf-py (the baseline), by our
 numpy kernel and by our torch kernel, on one matrix the size of StableLM-3B's FFN (2560 x 6912), and the
 share of the memory-bandwidth bound that torch reaches: the bound is this machine's copy bandwidth
 (``np.copyto`` of a 512 MB array, bytes read + bytes written) divided by the bytes a decode must move
 per weight (its block bytes read + 4 float32 bytes written). Under the table: how fast a fresh float32
-output of the same size can merely be written once, the floor every decoder stands on.
+output of the same size can merely be written once, the floor every decoder stands on. With --device cuda
+torch decodes on the GPU and the bound is the GPU's own copy bandwidth (docs/cuda.md).
 """
 
 from __future__ import annotations
@@ -163,13 +164,28 @@ def add_dequant_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where torch decodes, e.g. cuda: the bound is then that device's copy bandwidth")
 
 
+def check_device(device: str) -> None:
+    """A ValueError that names the problem, before any timing, for a device torch cannot use here."""
+    import torch
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown torch device {device!r} (cpu, cuda, cuda:1, ...)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: the benchmark times the CPU or a CUDA GPU")
+
+
 def run_dequant(args: argparse.Namespace) -> str:
-    """The table for parsed ``add_dequant_arguments`` options; an unknown format fails before any timing."""
+    """The table for parsed ``add_dequant_arguments`` options; an unknown format or device fails before
+    any timing."""
     import torch
 
     names = [n.strip() for n in args.formats.split(",") if n.strip()]
     for name in names:
         quants.get(name)
+    check_device(args.device)
     base.THREADS = args.threads
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

@@ -116,6 +116,12 @@ def test_bench(monkeypatch, capsys):
     assert code == 0 and "| Q4_0 |" in out and "| Q6_K |" in out
 
 
+@pytest.mark.parametrize("device, says", [("cuda:99", "CUDA device(s) here"), ("gpu", "unknown torch device"),
+                                          ("meta", "times the CPU or a CUDA GPU")])
+def test_bench_refuses_a_device_it_cannot_time(device, says, capsys):
+    assert_one_line_error(*run(capsys, "bench", "--device", device, "--formats", "Q4_0")[::2], says)
+
+
 # ---- errors -----------------------------------------------------------------------------------------------
 def test_missing_file(capsys, tmp_path):
     assert_one_line_error(*run(capsys, "inspect", tmp_path / "nope.gguf")[::2], "nope.gguf")

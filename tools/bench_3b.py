@@ -276,8 +276,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="where the torch contenders run (cuda: on the GPU)")
     args = parser.parse_args()
     llama = llama_python(args.llama_python)
+    random_blocks = any("random-blocks" in p.name for p in args.dir.glob("*.gguf"))
     report = ["# StableLM-3B-shaped GGUF files: load, memory, speed", "",
-              "```", "python tools/make_3b_gguf.py --out DIR",
+              "```", "python tools/make_3b_gguf.py --out DIR" + (f" --mixes {args.mixes} --random-blocks"
+                                                                if random_blocks else ""),
               f"python tools/bench_3b.py --dir DIR --mixes {args.mixes} --repeat {args.repeat}"
               + (f" --device {args.device}" if args.device != "cpu" else "")
               + (" --llama-python PY" if args.llama_python else ""), "```", "",
