@@ -48,17 +48,25 @@ def stablelm_3b_spec(n_layer: int = 32) -> ggufmaker.TinySpec:
                               n_ctx=4096, n_rot=20, norm_eps=1e-5, rope_base=10000.0)
 
 
-def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
-    """The F16 file, written tensor by tensor: the table first (names, shapes, sizes), then the data."""
-    shapes = ggufmaker.weight_shapes(spec)
+def start_file(path: Path, spec: ggufmaker.TinySpec, table: list[tuple]) -> GGUFWriter:
+    """A writer that has written the metadata and the tensor table (GGUFWriter.add_tensor_info's
+    arguments for each tensor); the data follows one tensor at a time."""
     writer = GGUFWriter(str(path), "stablelm")
     ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
-    for name, shape in shapes.items():
-        dtype = np.dtype(converter_type(name, shape))
-        writer.add_tensor_info(name, shape, dtype, int(np.prod(shape)) * dtype.itemsize)
+    for name, shape, dtype, nbytes, raw_dtype in table:
+        writer.add_tensor_info(name, shape, dtype, nbytes, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
+    return writer
+
+
+def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
+    """The F16 file, written tensor by tensor: the table first (names, shapes, sizes), then the data."""
+    shapes = ggufmaker.weight_shapes(spec)
+    dtypes = {name: np.dtype(converter_type(name, shape)) for name, shape in shapes.items()}
+    writer = start_file(path, spec, [(name, shape, dtypes[name], int(np.prod(shape)) * dtypes[name].itemsize, None)
+                                     for name, shape in shapes.items()])
     from tqdm import tqdm
 
     for name, w in tqdm(ggufmaker.random_weight_stream(spec), total=len(shapes), desc="F16 tensors"):
@@ -72,13 +80,7 @@ def write_random_blocks(path: Path, spec: ggufmaker.TinySpec, mix: str) -> Path:
     rules, model = get_mix(mix), ModelShape(spec.n_layer, spec.n_head // spec.n_head_kv)
     choices = [choose_type(TensorInfo(name, shape, T.F32, 0, 0), rules, model)
                for name, shape in ggufmaker.weight_shapes(spec).items()]
-    writer = GGUFWriter(str(path), "stablelm")
-    ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
-    for c in choices:
-        writer.add_tensor_info(c.name, c.shape, np.float32, c.nbytes, raw_dtype=c.qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
+    writer = start_file(path, spec, [(c.name, c.shape, np.float32, c.nbytes, c.qtype) for c in choices])
     rng = np.random.default_rng(spec.seed)
     for i, c in enumerate(choices):
         if c.qtype == T.F32:
