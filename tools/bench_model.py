@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ggufmaker  # noqa: E402
 
 from stablelm_lab import StableLM  # noqa: E402
+from stablelm_lab.bench import device_sync  # noqa: E402
 
 
 def shapes(layers: int) -> dict[str, ggufmaker.TinySpec]:
@@ -38,8 +39,7 @@ def shapes(layers: int) -> dict[str, ggufmaker.TinySpec]:
 def seconds(forward, ids) -> float:
     start = time.perf_counter()
     forward(ids)
-    if ids.device.type == "cuda":
-        torch.cuda.synchronize(ids.device)
+    device_sync(ids.device)()
     return time.perf_counter() - start
 
 
