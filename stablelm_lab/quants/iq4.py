@@ -4,8 +4,9 @@
     IQ4_XS  136 bytes  d | scales_h | scales_l[4] | qs[128]     x = d · (ls - 32) · kvalues_iq4nl[q]
 
 kvalues_iq4nl = -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113: denser near zero, where most
-weights are, and asymmetric (no zero, one more value below than above). IQ4_NL lays out its 32 weights
-like Q4_0; IQ4_XS is a 256-weight super-block of eight such sub-blocks, each with a 6-bit scale ls.
+weights are, with no zero: eight negative and eight positive values (ggml-common.h), asymmetric in
+magnitude, not in count (-127 at one end, only 113 at the other). IQ4_NL lays out its 32 weights like
+Q4_0; IQ4_XS is a 256-weight super-block of eight such sub-blocks, each with a 6-bit scale ls.
 
 Encoding (quantize_row_iq4_nl_impl, with no importance matrix, so weight[j] = x[j]²): per 32-weight
 sub-block, map the signed largest weight to the codebook end, snap every weight to its nearest value
