@@ -51,7 +51,7 @@ def _legend_square(fig: go.Figure, name: str, colour: str, **where) -> None:
 def file_layout_figure(sections: list[tuple[str, int, int]], file_size: int, title: str | None = None) -> go.Figure:
     """A GGUF file's sections: top, to scale (the data section dwarfs the rest); below, the same sections
     side by side with their byte ranges, not to scale, so the small ones can be read."""
-    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.25, row_heights=[0.4, 0.6],
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.3, row_heights=[0.4, 0.6],
                         subplot_titles=("to scale", "not to scale: each section with its byte range"))
     for k, (name, start, end) in enumerate(sections):
         colour = qualitative.Set2[k % len(qualitative.Set2)]
@@ -126,21 +126,35 @@ def bit_map_figure(fmt: QuantFormat, raw_block=None, title: str | None = None, b
 
 # ---- 05, 07: boxes and arrows --------------------------------------------------------------------------------
 def flow_figure(boxes: dict[str, tuple[float, float, str]], arrows: list[tuple[str, str]], title: str,
-                height: int = 600, width: int = 900) -> go.Figure:
+                height: int = 600, width: int = 900, x_range: tuple[float, float] | None = None) -> go.Figure:
     """Boxes at (x, y) with text, and arrows between them by box name: a data flow on one page."""
+    xs = [x for x, _, _ in boxes.values()]
+    ys = [y for _, y, _ in boxes.values()]
+    x_range = x_range or (min(xs) - 0.8, max(xs) + 0.8)
+    y_range = (min(ys) - 0.6, max(ys) + 0.6)
+    px_x = (width - 90) / (x_range[1] - x_range[0])            # pixels per data unit (margins l + r = 90)
+    px_y = (height - 130) / (y_range[1] - y_range[0])          # (margins t + b = 130)
+
+    def edge(name: str, dx: float, dy: float) -> float:
+        """Pixels from a box's centre to its border along (dx, dy) (in pixels), with a little air."""
+        lines = boxes[name][2].split("<br>")
+        half_w = 0.48 * FONT * max(len(line) for line in lines) / 2 + 8
+        half_h = 0.6 * FONT * len(lines) + 6
+        return min(half_w / abs(dx) if dx else np.inf, half_h / abs(dy) if dy else np.inf) * np.hypot(dx, dy)
+
     fig = go.Figure()
+    for a, b in arrows:  # first, so that the boxes are drawn over them
+        (xa, ya, _), (xb, yb, _) = boxes[a], boxes[b]
+        dx, dy = (xb - xa) * px_x, (yb - ya) * px_y
+        fig.add_annotation(x=xb, y=yb, ax=xa, ay=ya, xref="x", yref="y", axref="x", ayref="y", text="",
+                           showarrow=True, arrowhead=3, arrowsize=1.4, arrowwidth=2, arrowcolor="#555555",
+                           standoff=edge(b, dx, dy), startstandoff=edge(a, dx, dy))
     for name, (x, y, label) in boxes.items():
         fig.add_annotation(x=x, y=y, text=label, showarrow=False, font=dict(size=FONT), align="center",
                            bgcolor="#EEF3FA", bordercolor="#4C78A8", borderwidth=2, borderpad=6)
-    for a, b in arrows:
-        (xa, ya, _), (xb, yb, _) = boxes[a], boxes[b]
-        fig.add_annotation(x=xb, y=yb, ax=xa, ay=ya, xref="x", yref="y", axref="x", ayref="y", text="",
-                           showarrow=True, arrowhead=3, arrowsize=1.4, arrowwidth=2, arrowcolor="#555555",
-                           standoff=22, startstandoff=22)
-    xs = [x for x, _, _ in boxes.values()]
-    ys = [y for _, y, _ in boxes.values()]
-    fig.update_xaxes(visible=False, range=[min(xs) - 0.8, max(xs) + 0.8])
-    fig.update_yaxes(visible=False, range=[min(ys) - 0.6, max(ys) + 0.6])
+    fig.update_xaxes(visible=False, range=list(x_range))
+    fig.update_yaxes(visible=False, range=list(y_range))
+    fig.update_layout(margin=dict(l=70, r=20, t=80, b=50))
     return _layout(fig, title, height, width)
 
 
@@ -181,10 +195,8 @@ def block_dataflow_figure(config) -> go.Figure:
     else:
         arrows += [("ffn_inp", "ffn_norm"), ("ffn_norm", "ffn_gate"), ("ffn_norm", "ffn_up")]
         kind = "sequential residual"
-    fig = flow_figure(boxes, arrows, f"One StableLM block, {kind}: boxes carry llama.cpp's activation names",
-                      height=1000, width=1100)
-    fig.update_xaxes(range=[-0.9, 3.9])
-    return fig
+    return flow_figure(boxes, arrows, f"One StableLM block, {kind}: boxes carry llama.cpp's activation names",
+                       height=1000, width=1100, x_range=(-0.9, 3.9))
 
 
 # ---- 06: a mix as a layer x tensor grid ----------------------------------------------------------------------
@@ -210,9 +222,10 @@ def mix_grid_figure(grids: dict[str, list[list[str]]], roles: list[str], notes: 
     fig.update_xaxes(title_text="layer", row=len(names), col=1)
     for t in used:
         _legend_square(fig, t, TYPE_COLOURS[TYPE_ORDER.index(t)])
-    fig.update_layout(legend=dict(orientation="h", y=1.0 + 60 / (190 * len(names)), x=0.5, xanchor="center"))
     fig.update_annotations(font=dict(size=FONT))
-    return _layout(fig, title, 140 + 190 * len(names), 1100)
+    _layout(fig, title, 140 + 190 * len(names), 1150)
+    fig.update_layout(legend=dict(x=1.01, y=1, yanchor="top", title_text="type"), margin=dict(r=120))
+    return fig
 
 
 # ---- 06: concepts ----------------------------------------------------------------------------------------------
@@ -254,12 +267,15 @@ def bit_budget_figure(budgets: dict[str, dict[str, float]], title: str) -> go.Fi
         fig.add_trace(go.Bar(y=list(budgets), x=values, name=group, orientation="h",
                              marker_color=qualitative.Set2[k % len(qualitative.Set2)],
                              text=[f"{v:.2f}" if v >= 0.15 else "" for v in values], textposition="inside",
+                             textangle=0, insidetextanchor="middle",
                              hovertemplate=group + ": %{x:.3f} bits/w<extra></extra>"))
     totals = [round(float(sum(b.values())), 3) for b in budgets.values()]
     for name, total in zip(budgets, totals):
         fig.add_annotation(x=total, y=name, text=f" {total:.2f} bits/w", showarrow=False, xanchor="left",
                            font=dict(size=FONT))
-    fig.update_layout(barmode="stack", legend=dict(orientation="h", y=-0.3))
+    fig.update_layout(barmode="stack", legend=dict(orientation="h", y=-0.25, yanchor="top"))
     fig.update_xaxes(title_text="bits per weight (share of the whole file)", range=[0, max(totals) * 1.2])
     fig.update_yaxes(title_text="model", autorange="reversed")
-    return _layout(fig, title, 200 + 80 * len(budgets))
+    _layout(fig, title, 280 + 80 * len(budgets))
+    fig.update_layout(margin=dict(b=120))
+    return fig

@@ -42,9 +42,11 @@ def changed_weights(fmt, raw, byte, bit) -> set[int]:
 
 @pytest.mark.parametrize("name", BIT_MAPPED)
 def test_bit_map_says_which_weights_a_bit_moves(name):
-    """gguf-py decodes; a level bit must move exactly its weight, a scale or min bit only its sub-block."""
+    """gguf-py decodes; a level bit may move only its weight, a scale or min bit only its sub-block. (A
+    bit may move nothing, when the random sub-block scale is 0; most bits must move something.)"""
     fmt = quants.get(name)
     m = bit_map(fmt)
+    moved_any = checked = 0
     for seed in range(2):
         raw = random_block(fmt, seed)
         for byte in range(fmt.type_size):
@@ -56,11 +58,11 @@ def test_bit_map_says_which_weights_a_bit_moves(name):
                 where = f"{name} byte {byte} bit {bit} ({role}, group {group}, weight {weight})"
                 if role in ("level", "high"):
                     assert moved <= {weight}, where
-                    if name != "Q3_K" and role == "level":  # Q3_K: a scale of 0 (raw 32) hides a level
-                        assert moved == {weight}, where
                 else:
-                    sub = set(range(group * m.group_size, (group + 1) * m.group_size))
-                    assert moved <= sub, where
+                    assert moved <= set(range(group * m.group_size, (group + 1) * m.group_size)), where
+                checked += 1
+                moved_any += bool(moved)
+    assert moved_any >= 0.8 * checked
 
 
 @pytest.mark.parametrize("name", BIT_MAPPED)
@@ -88,7 +90,10 @@ def test_3b_config_is_transformers_stablelm_default():
     assert (c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.n_ff, c.n_ctx) == (
         hf.vocab_size, hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads,
         hf.intermediate_size, hf.max_position_embeddings)
-    assert c.n_rot == int(hf.partial_rotary_factor * c.head_dim) and c.norm_eps == hf.layer_norm_eps
+    rope = hf.rope_parameters
+    assert c.n_rot == int(rope["partial_rotary_factor"] * c.head_dim) and c.rope_base == rope["rope_theta"]
+    assert c.norm_eps == hf.layer_norm_eps and not (hf.use_parallel_residual or hf.use_qkv_bias or hf.qk_layernorm)
+    assert (c.parallel_residual, c.qkv_bias, c.qk_norm) == (False, False, False)
 
 
 def test_3b_tensor_table_matches_transformers_parameters():

@@ -16,7 +16,7 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 FIGURE_MIMES = {"application/vnd.plotly.v1+json", "image/png", "image/svg+xml"}
 
 #: a number followed by a unit the prose quotes
-QUOTED = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*(bits per weight|bits/weight|bits/w|bpw|dB|bytes|B\b|GB|MB|GiB|MiB)")
+QUOTED = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*(bits per weight|bits/weight|bits/w|bpw|dB|bytes|GB|MB|GiB|MiB)\b")
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 #: numbers the prose may quote without an output showing them, each with where it comes from
