@@ -96,8 +96,9 @@ _ODD = (2 * np.arange(16) + 1).astype(np.float32)
 
 
 def _signs(byte: int, count: int = 8) -> np.ndarray:
-    """The readable decoders' signs: -1 where bit j of ``byte`` is set (kmask_iq2xs[j] = 1 << j)."""
-    return np.where((int(byte) >> np.arange(count)) & 1, np.float32(-1), np.float32(1))
+    """The readable decoders' signs: -1 where bit j of ``byte`` is set (kmask_iq2xs[j] = 1 << j), for
+    the first ``count`` bits (a row of the table sign_patterns(8))."""
+    return _SIGN_PATTERNS[int(byte) & 0xFF, :count]
 
 
 def _scaled(table: np.ndarray, index: np.ndarray, scale: np.ndarray, out: np.ndarray) -> np.ndarray:
