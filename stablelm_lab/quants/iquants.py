@@ -90,6 +90,15 @@ _IQ3XXS_SIGNED = signed_table(_IQ3XXS, 4)
 _IQ3S_SIGNED = signed_table(_IQ3S, 4)
 #: IQ1: row (delta sign << 11) | grid index: grid + 0.125 for rows < 2048, grid - 0.125 after
 _IQ1_SHIFTED = np.concatenate([_IQ1S + iq_grids.IQ1S_DELTA, _IQ1S - iq_grids.IQ1S_DELTA])
+#: IQ1_S: bits 8-11 of the four groups' rows in _IQ1_SHIFTED, for every 13-bit key (qh's index bits
+#: 0-11, delta bit 15 moved to bit 12): ((qh >> 3l) & 7) << 8 | delta sign << 11, as one uint64 of 4
+_IQ1S_KEYS = np.arange(1 << 13)[:, None]
+_IQ1S_HIGH_BITS = ((((_IQ1S_KEYS & 0xFFF) >> np.array([0, 3, 6, 9])) & 7) << 8
+                   | (_IQ1S_KEYS >> 12) << 11).astype(np.uint16).view(np.uint64).reshape(-1)
+#: IQ1_M: a qh byte's two nibbles shifted to bits 8-11 (grid index bits 8-10, delta sign → bit 11),
+#: as one uint32 of two uint16
+_IQ1M_HIGH_BITS = ((((np.arange(256)[:, None] >> np.array([0, 4])) & 0xF) << 8)
+                   .astype(np.uint16).view(np.uint32).reshape(-1))
 #: (0.5 + s) for the 4-bit scales of IQ2 and IQ3_XXS, (2s + 1) for IQ3_S's 4 bits and IQ1's 3 bits
 _HALF_PLUS = (np.float32(0.5) + np.arange(16, dtype=np.float32))
 _ODD = (2 * np.arange(16) + 1).astype(np.float32)
@@ -448,8 +457,9 @@ class IQ1_S(QuantFormat):
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         qh = self.field_bytes(blocks, "qh").view("<u2")                        # (n, 8)
-        high = (qh[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 7
-        index = ((qh[:, :, None] >> 15) << 11) | (high << 8) | self.field_bytes(blocks, "qs").reshape(n, 8, 4)
+        key = (qh & 0x0FFF) | ((qh >> 3) & 0x1000)                             # index bits + delta bit
+        high = np.take(_IQ1S_HIGH_BITS, key).view(np.uint16).reshape(n, 8, 4)
+        index = high | self.field_bytes(blocks, "qs").reshape(n, 8, 4)
         dl = blocks["d"].astype(np.float32)[:, None] * _ODD[(qh >> 12) & 7]
         return _scaled(_IQ1_SHIFTED, index, dl, self.weights_for(blocks, out))
 
@@ -496,9 +506,8 @@ class IQ1_M(QuantFormat):
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        qh = self.field_bytes(blocks, "qh")
-        nibbles = np.stack([qh & 0xF, qh >> 4], axis=-1).reshape(n, 16, 2)  # bit 3 → row bit 11
-        index = (nibbles.astype(np.uint16) << 8) | self.field_bytes(blocks, "qs").reshape(n, 16, 2)
+        high = np.take(_IQ1M_HIGH_BITS, self.field_bytes(blocks, "qh")).view(np.uint16)  # (n, 32)
+        index = high.reshape(n, 16, 2) | self.field_bytes(blocks, "qs").reshape(n, 16, 2)
         sc = self.field_bytes(blocks, "scales").view("<u2")                 # (n, 4)
         d_bits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00) | (sc[:, 3] & 0xF000)
         d = d_bits.view(np.float16).astype(np.float32)
