@@ -31,8 +31,9 @@ IQ3_XXS d·(2s+1)/4 (``* 0.5f``), IQ3_S and IQ1 d·(2s+1), computed in float32 i
 
 The fast decoders fetch each group's signed values (or grid + delta) with one lookup in a table
 made from the grid, the sign patterns (or the delta) folded in: ±v is exact, so scale·(±v) has the bits
-of ±(scale·v), what C computes. The i-quants have no reference quantizer here (their encoders search
-the grid with an importance matrix; not part of this module).
+of ±(scale·v), what C computes. The i-quants have no quantizer here: ggml's encoders search each
+group's neighbourhood on the grid, weighted by an importance matrix (IQ2_XXS, IQ2_XS and IQ1_S cannot
+be made without one: ggml_quantize_requires_imatrix).
 """
 
 from __future__ import annotations
