@@ -76,7 +76,10 @@ _IQ3XXS = grid_points(iq_grids.IQ3XXS_GRID)
 _IQ3S = grid_points(iq_grids.IQ3S_GRID)
 _IQ1S = grid_points(iq_grids.IQ1S_GRID, signed=True)
 _KSIGNS = iq_grids.KSIGNS_IQ2XS
-_KSIGNS_INT32 = _KSIGNS.astype(np.int32)
+#: IQ3_XXS: a 7-bit sign index -> the two 4-weight points' sign nibbles of ksigns, moved to bits 8-11
+#: (rows of _IQ3XXS_SIGNED), as one uint32 of two uint16 (numpy) and as two int32 (torch)
+_KSIGN_NIBBLES_HIGH_INT32 = np.stack([_KSIGNS & 0xF, _KSIGNS >> 4], axis=-1).astype(np.int32) << 8
+_KSIGN_NIBBLES_HIGH = _KSIGN_NIBBLES_HIGH_INT32.astype(np.uint16).view(np.uint32).reshape(-1)
 
 #: 8 signs from a sign byte, (256, 8)
 _SIGN_PATTERNS = sign_patterns(8)
@@ -352,9 +355,9 @@ class IQ3_XXS(QuantFormat):
         n = len(blocks)
         qs = self.field_bytes(blocks, "qs")
         aux = np.ascontiguousarray(qs[:, 64:]).view("<u4")                  # (n, 8)
-        sign_bytes = _KSIGNS[(aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 127]  # (n, 8, 4)
-        nibbles = np.stack([sign_bytes & 0xF, sign_bytes >> 4], axis=-1).reshape(n, 8, 8)
-        index = (nibbles.astype(np.uint16) << 8) | qs[:, :64].reshape(n, 8, 8)
+        sign_index = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 127        # (n, 8, 4)
+        high = np.take(_KSIGN_NIBBLES_HIGH, sign_index).view(np.uint16).reshape(n, 8, 8)
+        index = high | qs[:, :64].reshape(n, 8, 8)
         db = blocks["d"].astype(np.float32)[:, None] * _HALF_PLUS[aux >> 28] * np.float32(0.5)
         return _scaled(_IQ3XXS_SIGNED, index, db, self.weights_for(blocks, out))
 
@@ -363,11 +366,10 @@ class IQ3_XXS(QuantFormat):
         n = blocks.shape[0]
         qs = _torch_bytes(blocks, 2, 98)
         aux = _torch_words(qs[:, 64:])                                      # (n, 8)
-        ksigns = _torch_table(_KSIGNS_INT32, blocks.device)
-        sign_index = torch.stack([(aux >> s) & 127 for s in (0, 7, 14, 21)], dim=-1)
-        sign_bytes = ksigns[sign_index]                                     # (n, 8, 4)
-        nibbles = torch.stack([sign_bytes & 0xF, sign_bytes >> 4], dim=-1).reshape(n, 8, 8)
-        index = (nibbles << 8) | qs[:, :64].reshape(n, 8, 8)
+        sign_index = torch.stack([(aux >> s) & 127 for s in (0, 7, 14, 21)], dim=-1)   # (n, 8, 4)
+        high = torch.index_select(_torch_table(_KSIGN_NIBBLES_HIGH_INT32, blocks.device), 0,
+                                  sign_index.reshape(-1)).view(n, 8, 8)
+        index = high | qs[:, :64].reshape(n, 8, 8)
         db = self.torch_field(blocks, "d").float()[:, None] * (0.5 + (aux >> 28).float()) * 0.5
         return _torch_scaled(_IQ3XXS_SIGNED, index, db, self.torch_weights_for(blocks, out))
 
