@@ -9,7 +9,9 @@ code reads it as ``(const uint8_t *)(grid + index)`` on a little-endian machine)
 import numpy as np
 
 
-#: ksigns_iq2xs (uint8_t[128]): 128 sign bytes: entry i has the 7 bits of i and, as bit 7, their parity, so every entry has an even number of bits set (an even number of minus signs among 8 weights).
+#: ksigns_iq2xs (uint8_t[128]): 128 sign bytes: entry i has the 7 bits of i and, as bit 7, their
+#: parity, so every entry has an even number of bits set (an even number of minus signs among 8
+#: weights).
 KSIGNS_IQ2XS = np.array([
     0, 129, 130, 3, 132, 5, 6, 135, 136, 9, 10, 139, 12, 141, 142, 15,
     144, 17, 18, 147, 20, 149, 150, 23, 24, 153, 154, 27, 156, 29, 30, 159,
@@ -21,7 +23,8 @@ KSIGNS_IQ2XS = np.array([
     240, 113, 114, 243, 116, 245, 246, 119, 120, 249, 250, 123, 252, 125, 126, 255,
 ], dtype=np.uint8)
 
-#: iq2xxs_grid (uint64_t[256]): 256 points of 8 magnitudes (bytes 0x08, 0x19, 0x2b: 8, 25, 43): IQ2_XXS's grid.
+#: iq2xxs_grid (uint64_t[256]): 256 points of 8 magnitudes (bytes 0x08, 0x19, 0x2b: 8, 25, 43):
+#: IQ2_XXS's grid.
 IQ2XXS_GRID = np.array([
     0x0808080808080808, 0x080808080808082b, 0x0808080808081919, 0x0808080808082b08,
     0x0808080808082b2b, 0x0808080808190819, 0x0808080808191908, 0x08080808082b0808,
@@ -481,7 +484,8 @@ IQ2S_GRID = np.array([
     0x2b2b2b2b082b082b, 0x2b2b2b2b082b2b08, 0x2b2b2b2b2b082b08, 0x2b2b2b2b2b2b2b2b,
 ], dtype=np.uint64)
 
-#: iq3xxs_grid (uint32_t[256]): 256 points of 4 magnitudes (bytes 0x04, 0x0c, ..., 0x3e): IQ3_XXS's grid.
+#: iq3xxs_grid (uint32_t[256]): 256 points of 4 magnitudes (bytes 0x04, 0x0c, ..., 0x3e): IQ3_XXS's
+#: grid.
 IQ3XXS_GRID = np.array([
     0x04040404, 0x04040414, 0x04040424, 0x04040c0c, 0x04040c1c, 0x04040c3e, 0x04041404, 0x04041414,
     0x04041c0c, 0x04042414, 0x04043e1c, 0x04043e2c, 0x040c040c, 0x040c041c, 0x040c0c04, 0x040c0c14,
@@ -585,7 +589,8 @@ IQ3S_GRID = np.array([
     0x0f090307, 0x0f090501, 0x0f090b01, 0x0f0b0505, 0x0f0b0905, 0x0f0d0105, 0x0f0d0703, 0x0f0f0101,
 ], dtype=np.uint32)
 
-#: iq1s_grid (uint64_t[2048]): 2048 points of 8 signed coordinates (int8 bytes -1, 0, +1): IQ1_S's and IQ1_M's grid.
+#: iq1s_grid (uint64_t[2048]): 2048 points of 8 signed coordinates (int8 bytes -1, 0, +1): IQ1_S's
+#: and IQ1_M's grid.
 IQ1S_GRID = np.array([
     0xffffffffffffffff, 0xffffffffffffff01, 0xffffffffffff0000, 0xffffffffffff01ff,
     0xffffffffffff0101, 0xffffffffff00ff00, 0xffffffffff000000, 0xffffffffff01ffff,
