@@ -15,7 +15,8 @@ import numpy as np
 from .quants import QuantFormat
 
 #: Weights that share one scale (and min) inside a block: the unit the error plots group by.
-SUB_BLOCK_SIZE = {"Q2_K": 16, "Q3_K": 16, "Q6_K": 16, "Q4_K": 32, "Q5_K": 32, "IQ4_XS": 32}
+SUB_BLOCK_SIZE = {"Q2_K": 16, "Q3_K": 16, "Q6_K": 16, "Q4_K": 32, "Q5_K": 32, "IQ4_XS": 32,
+                  "IQ2_XXS": 32, "IQ2_XS": 16, "IQ2_S": 16, "IQ3_XXS": 32, "IQ3_S": 32, "IQ1_S": 32, "IQ1_M": 16}
 
 
 @dataclass(frozen=True)

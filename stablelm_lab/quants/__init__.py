@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from gguf import GGMLQuantizationType
 
-from . import floats, iq4, legacy, mxfp4, q2_k, q3_k, q4_k, q5_k, q6_k, ternary
+from . import floats, iq4, iquants, legacy, mxfp4, q2_k, q3_k, q4_k, q5_k, q6_k, ternary
 from .base import QuantFormat
 
-_MODULES = [floats, legacy, q2_k, q3_k, q4_k, q5_k, q6_k, iq4, ternary, mxfp4]
+_MODULES = [floats, legacy, q2_k, q3_k, q4_k, q5_k, q6_k, iquants, iq4, ternary, mxfp4]
 
 #: Every supported type, in ggml's type-id order, keyed by gguf.GGMLQuantizationType.
 FORMATS: dict[GGMLQuantizationType, QuantFormat] = dict(sorted(
