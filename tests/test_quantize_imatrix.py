@@ -12,20 +12,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
+from gguf import GGMLQuantizationType as T
 
-from stablelm_lab import quants
+from stablelm_lab import GGUFFile, quants
+from stablelm_lab.mixes import MIXES, explain_mix
+from stablelm_lab.quantize_file import quantize_gguf
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import make_golden_mixes  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "imatrix"
 ROW_HASHES = json.loads((GOLDEN_DIR / "rows.json").read_text())
 WEIGHTED = list(ROW_HASHES)
 
 
+def sha256(data) -> str:
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
+
+
 def sha256_prefix(data: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()[:32]
+    return sha256(data)[:32]
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +93,93 @@ def test_types_whose_ggml_quantizer_ignores_the_imatrix(rows, importance):
 def test_a_bad_importance_vector_gets_one_clear_error(rows, bad, message):
     with pytest.raises(ValueError, match=message):
         quants.get("Q4_K").quantize(rows["gaussian"], imatrix=bad)
+
+
+# ---- whole files: llama-quantize --imatrix ---------------------------------------------------------
+MIXES_GOLDEN = json.loads((GOLDEN_DIR / "mixes.json").read_text())
+IMATRIX_FILE = GOLDEN_DIR / MIXES_GOLDEN["imatrix_file"]
+
+
+def read_importance(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """The importance vectors llama-quantize computes from an imatrix GGUF file, read with gguf-py:
+    in_sum2 / counts in float32 (tools/quantize/quantize.cpp, load_imatrix), and the provenance it
+    records (the first dataset, the chunk count)."""
+    reader = gguf.GGUFReader(str(path))
+    tensors = {t.name: np.array(t.data, dtype=np.float32).reshape(-1) for t in reader.tensors}
+    importance = {}
+    for name in tensors:
+        if name.endswith(".in_sum2"):
+            base = name[:-len(".in_sum2")]
+            count = np.float32(np.round(tensors[base + ".counts"][0]))
+            importance[base] = tensors[name] / count if count > 0 else np.ones_like(tensors[name])
+    datasets = reader.fields["imatrix.datasets"]
+    provenance = {"imatrix_dataset": bytes(datasets.parts[datasets.data[0]]).decode(),
+                  "imatrix_chunks": int(reader.fields["imatrix.chunk_count"].parts[-1][0])}
+    return importance, provenance
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    path = make_golden_mixes.write_source(tmp_path_factory.mktemp("imatrix_source") / "stablelm16.gguf",
+                                          "stablelm16")
+    assert sha256(np.fromfile(path, np.uint8)) == MIXES_GOLDEN["source_sha256"]
+    return path
+
+
+@pytest.fixture(scope="module")
+def imatrix():
+    return read_importance(IMATRIX_FILE)
+
+
+def quantize_with_imatrix(source, dst, mix, imatrix):
+    importance, provenance = imatrix
+    return quantize_gguf(source, dst, mix, progress=False, imatrix=importance,
+                         imatrix_file=MIXES_GOLDEN["imatrix_file"], **provenance)
+
+
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_types_with_an_imatrix_are_llama_quantizes(source, mix):
+    """The rules, has_imatrix included: Q4_0 and Q5_0 give ffn_down of the first eighth a min."""
+    ours = {c.name: c.qtype.name for c in explain_mix(source, mix, has_imatrix=True)}
+    theirs = {name: record.split()[0] for name, record in MIXES_GOLDEN["mixes"][mix]["tensors"].items()}
+    assert ours == theirs
+
+
+def test_the_imatrix_rule_shows_in_the_golden_files(source):
+    assert MIXES_GOLDEN["mixes"]["Q4_0"]["tensors"]["blk.1.ffn_down.weight"].startswith("Q4_1 ")
+    assert MIXES_GOLDEN["mixes"]["Q5_0"]["tensors"]["blk.0.ffn_down.weight"].startswith("Q5_1 ")
+    plain = {c.name: c.qtype for c in explain_mix(source, "Q4_0")}
+    assert plain["blk.1.ffn_down.weight"] == T.Q4_0 and plain["blk.2.ffn_down.weight"] == T.Q4_0
+
+
+@pytest.mark.parametrize("mix", list(MIXES))
+def test_output_is_llama_quantize_imatrix_file_byte_for_byte(source, imatrix, mix, tmp_path):
+    path, golden = tmp_path / f"{mix}.gguf", MIXES_GOLDEN["mixes"][mix]
+    quantize_with_imatrix(source, path, mix, imatrix)
+    if sha256(np.fromfile(path, np.uint8)) == golden["file_sha256"]:
+        return
+    g = GGUFFile(path)
+    ours = {t.name: f"{t.qtype.name} {t.nbytes} {sha256(g.raw(t.name))[:16]}" for t in g.tensors}
+    wrong = {n: (ours.get(n), r) for n, r in golden["tensors"].items() if ours.get(n) != r}
+    pytest.fail(f"{mix}: the file differs from llama-quantize --imatrix's (size {path.stat().st_size} vs "
+                f"{golden['file_size']}); tensors (ours, llama.cpp): {wrong or 'all equal: metadata'}")
+
+
+def test_imatrix_metadata_appended_after_the_file_type(source, imatrix, tmp_path):
+    quantize_with_imatrix(source, tmp_path / "q.gguf", "Q6_K", imatrix)
+    out = GGUFFile(tmp_path / "q.gguf")
+    assert list(out.metadata)[-6:] == ["general.quantization_version", "general.file_type",
+                                       "quantize.imatrix.file", "quantize.imatrix.dataset",
+                                       "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count"]
+    assert out.metadata["quantize.imatrix.entries_count"] == len(imatrix[0])
+    assert out.metadata["quantize.imatrix.file"] == MIXES_GOLDEN["imatrix_file"]
+
+
+def test_an_imatrix_entry_of_the_wrong_length_is_refused(source, imatrix, tmp_path):
+    importance = dict(imatrix[0], **{"blk.2.ffn_up.weight": np.ones(100, np.float32)})
+    with pytest.raises(ValueError, match="blk.2.ffn_up.weight has 100 values"):
+        quantize_gguf(source, tmp_path / "q.gguf", "Q4_K_M", progress=False, imatrix=importance)
+    importance = dict(imatrix[0], **{"blk.2.ffn_up.weight": np.full(256, np.inf, np.float32)})
+    with pytest.raises(ValueError, match="blk.2.ffn_up.weight holds a non-finite value"):
+        quantize_gguf(source, tmp_path / "q.gguf", "Q4_K_M", progress=False, imatrix=importance)
+    assert not (tmp_path / "q.gguf").exists()
