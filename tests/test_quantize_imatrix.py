@@ -2,9 +2,9 @@
 
 Rows: for the 11 types whose ggml quantizer reads quant_weights, the twelve row characters of
 tests/golden/quant_rows.npz and five importance vectors, ``fmt.quantize(rows, imatrix=v)`` gives the
-bytes ggml_quantize_chunk(type, rows, ..., v) wrote (their sha256 is in tests/golden/imatrix/rows.json).
+bytes ggml_quantize_chunk(type, rows, ..., v) wrote (their sha256 is in tests/golden/quantize_imatrix/rows.json).
 Files: ``quantize_gguf(..., imatrix=...)`` writes, for each of the 14 mixes, the file
-``llama-quantize --imatrix`` wrote (tests/golden/imatrix/mixes.json). Both made by
+``llama-quantize --imatrix`` wrote (tests/golden/quantize_imatrix/mixes.json). Both made by
 tools/make_golden_imatrix.py from llama.cpp built without FMA contraction (see test_quantize_file.py).
 """
 
@@ -27,7 +27,7 @@ from stablelm_lab.quantize_file import quantize_gguf
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_golden_mixes  # noqa: E402
 
-GOLDEN_DIR = Path(__file__).parent / "golden" / "imatrix"
+GOLDEN_DIR = Path(__file__).parent / "golden" / "quantize_imatrix"
 ROW_HASHES = json.loads((GOLDEN_DIR / "rows.json").read_text())
 WEIGHTED = list(ROW_HASHES)
 
@@ -183,3 +183,20 @@ def test_an_imatrix_entry_of_the_wrong_length_is_refused(source, imatrix, tmp_pa
     with pytest.raises(ValueError, match="blk.2.ffn_up.weight holds a non-finite value"):
         quantize_gguf(source, tmp_path / "q.gguf", "Q4_K_M", progress=False, imatrix=importance)
     assert not (tmp_path / "q.gguf").exists()
+
+
+def test_the_embedded_default_with_an_imatrix_llama_imatrix_collected(tmp_path):
+    """A real imatrix: llama-imatrix on the embedded default over held-out text; quantize_gguf with it
+    writes the Q4_K_M file llama-quantize --imatrix wrote."""
+    golden = MIXES_GOLDEN["default"]
+    root = Path(__file__).resolve().parent.parent
+    importance, provenance = read_importance(root / golden["imatrix_file"])
+    assert provenance["imatrix_dataset"] == "data/heldout.txt" and "output.weight" in importance
+    path = tmp_path / "default.Q4_K_M.gguf"
+    quantize_gguf(root / golden["source"], path, golden["mix"], progress=False, imatrix=importance,
+                  imatrix_file=golden["imatrix_file"], **provenance)
+    if sha256(np.fromfile(path, np.uint8)) != golden["file_sha256"]:
+        g = GGUFFile(path)
+        ours = {t.name: f"{t.qtype.name} {t.nbytes} {sha256(g.raw(t.name))[:16]}" for t in g.tensors}
+        pytest.fail(f"differs from llama-quantize --imatrix: "
+                    f"{ {n: (ours.get(n), r) for n, r in golden['tensors'].items() if ours.get(n) != r} }")

@@ -4,7 +4,7 @@
         PYTHONPATH=tests .venv/bin/python tools/make_golden_imatrix.py
 
 (llama.cpp built with -DGGML_NATIVE=OFF, so that ggml-quants.c rounds every float operation on its own, as
-numpy does; see RECIPES.) Writes, under tests/golden/imatrix/:
+numpy does; see RECIPES.) Writes, under tests/golden/quantize_imatrix/:
 - importance.npz: five importance vectors of 512 columns (uniform, random positive, spiky, one zero,
   log-normal);
 - rows.json: for each of the 11 types whose ggml quantizer reads an importance matrix, each of the twelve
@@ -16,7 +16,10 @@ numpy does; see RECIPES.) Writes, under tests/golden/imatrix/:
   placeholder, so llama-imatrix cannot read text with it); blk.3.attn_k.weight is left out, as a
   tensor that text never reached would be;
 - mixes.json: for each of the 14 mixes, the sha256 and size of the file ``llama-quantize --imatrix``
-  wrote from stablelm16, and per tensor "TYPE NBYTES SHA256_PREFIX".
+  wrote from stablelm16, and per tensor "TYPE NBYTES SHA256_PREFIX"; and the same for the embedded
+  default (data/tiny-stablelm.F16.gguf) in Q4_K_M with
+- default.imatrix.gguf: an imatrix llama-imatrix collected on the embedded default over the first 8
+  chunks of 128 tokens of data/heldout.txt (output.weight included: --process-output), one thread.
 The tests read these files only; they never need llama.cpp.
 """
 
@@ -38,14 +41,15 @@ import ggml_ref  # noqa: E402
 import make_golden_mixes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden" / "imatrix"
+GOLDEN = ROOT / "tests" / "golden" / "quantize_imatrix"
 #: The types whose quantize_<type> reads quant_weights (ggml-quants.c).
 WEIGHTED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]
 #: The imatrix file's name as given to llama-quantize: it is recorded in quantize.imatrix.file.
 IMATRIX_NAME = "stablelm16.imatrix.gguf"
-DATASET = "tests/golden/imatrix/stablelm16 (seeded sums)"
+DATASET = "stablelm16 (seeded sums)"
 CHUNKS, CHUNK_SIZE, TOKENS = 4, 128, 512
 LEFT_OUT = "blk.3.attn_k.weight"
+DEFAULT_MODEL = "data/tiny-stablelm.F16.gguf"
 
 
 def importance_vectors(n: int = 512) -> dict[str, np.ndarray]:
@@ -126,6 +130,22 @@ def mix_goldens(tmp: Path) -> dict:
     return golden
 
 
+def default_golden(tmp: Path) -> dict:
+    """llama-imatrix on the embedded default, then llama-quantize --imatrix Q4_K_M; run from the
+    repository root, so that the paths recorded in the files are relative."""
+    tools = Path(os.environ.get("LLAMA_QUANTIZE", "/work/llama/build/bin/llama-quantize")).parent
+    imatrix = (GOLDEN / "default.imatrix.gguf").relative_to(ROOT)
+    subprocess.run([str(tools / "llama-imatrix"), "-m", DEFAULT_MODEL, "-f", "data/heldout.txt", "-o", str(imatrix),
+                    "-c", "128", "--chunks", "8", "--no-ppl", "--process-output", "-t", "1"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    dst = tmp / "default.Q4_K_M.gguf"
+    subprocess.run([str(tools / "llama-quantize"), "--imatrix", str(imatrix), DEFAULT_MODEL, str(dst), "Q4_K_M", "1"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return {"source": DEFAULT_MODEL, "imatrix_file": str(imatrix), "mix": "Q4_K_M",
+            "file_sha256": sha256(np.fromfile(dst, np.uint8)), "file_size": dst.stat().st_size,
+            "tensors": make_golden_mixes.tensor_records(dst)}
+
+
 def main() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
     vectors = importance_vectors()
@@ -134,6 +154,7 @@ def main() -> None:
     if "--rows-only" not in sys.argv:
         with tempfile.TemporaryDirectory() as tmp:
             golden = mix_goldens(Path(tmp))
+            golden["default"] = default_golden(Path(tmp))
         (GOLDEN / "mixes.json").write_text(json.dumps(golden, indent=1) + "\n")
     for p in sorted(GOLDEN.iterdir()):
         print(f"{p.stat().st_size / 1e3:8.1f} kB  {p.relative_to(ROOT)}")

@@ -1,13 +1,13 @@
 """Quantizing with an importance matrix: the weighted scale searches of ggml's quantize_<type>.
 
-An importance matrix (llama-imatrix) holds, for every matrix the model multiplies and every input column
-j, the mean over tokens of that column's squared activation: ``importance[j] = Σ a_j² / count``
+An importance matrix (llama-imatrix) holds, for every matrix the model multiplies and every input
+column j, the mean over tokens of that column's squared activation: ``importance[j] = Σ a_j² / count``
 (llama-imatrix sums x² per column and counts tokens; llama-quantize divides). A row's output moves by
 ``Σ_j error_j · a_j`` when its weights move by error_j; keeping only the diagonal of E[a aᵀ], the
-output's expected squared error is ``Σ_j importance[j] · error_j²``: a weighted least-squares problem. With ``quant_weights`` ggml's
-quantizers solve exactly that: every scale search (``make_qx_quants``, ``make_qkx3_quants``,
-``make_qp_quants``, IQ4's) picks the scale, min and levels that minimize ``Σ w_j (x_j - scale·q_j)²``
-with, per weight, (ggml-quants.c, quantize_row_q4_0_impl and the others)
+output's expected squared error is ``Σ_j importance[j] · error_j²``: a weighted least-squares problem.
+With ``quant_weights`` ggml's quantizers solve exactly that: every scale search (``make_qx_quants``,
+``make_qkx3_quants``, ``make_qp_quants``, IQ4's) picks the scale, min and levels that minimize
+``Σ w_j (x_j - scale·q_j)²`` with, per weight, (ggml-quants.c, quantize_row_q4_0_impl and the others)
 
     w_j = importance[j] · sqrt(sigma2 + x_j²)
 
