@@ -67,11 +67,12 @@ class ModelShape:
 
     n_layer: int
     n_gqa: int              # query heads per KV head (1 for StableLM-3B-4E1T; 4 for StableLM 2 12B)
+    has_imatrix: bool = False   # quantized with an importance matrix (llama.cpp's qs.has_imatrix)
 
     @classmethod
-    def of(cls, g: GGUFFile) -> "ModelShape":
+    def of(cls, g: GGUFFile, has_imatrix: bool = False) -> "ModelShape":
         config = g.config
-        return cls(n_layer=config.n_layer, n_gqa=config.n_head // config.n_head_kv)
+        return cls(n_layer=config.n_layer, n_gqa=config.n_head // config.n_head_kv, has_imatrix=has_imatrix)
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,11 @@ class TensorChoice:
         return self.n_elements // block_size * type_size
 
 
-def explain_mix(source, mix: str | Mix) -> list[TensorChoice]:
-    """The type and the deciding rule for every tensor of a StableLM GGUF file (a path or a GGUFFile)."""
+def explain_mix(source, mix: str | Mix, has_imatrix: bool = False) -> list[TensorChoice]:
+    """The type and the deciding rule for every tensor of a StableLM GGUF file (a path or a GGUFFile),
+    quantized with an importance matrix or without."""
     g = source if isinstance(source, GGUFFile) else GGUFFile(os.fspath(source))
-    mix, model = get_mix(mix), ModelShape.of(g)
+    mix, model = get_mix(mix), ModelShape.of(g, has_imatrix)
     return [choose_type(t, mix, model) for t in g.tensors]
 
 
@@ -218,6 +220,10 @@ def ffn_down_rule(mix: Mix, layer: int, model: ModelShape) -> tuple[T, str] | No
         return T.Q6_K, f"Q6_K, {more_bits_reason(layer, n)}"
     if mix.name == "Q4_K_S" and layer < n // 8:
         return T.Q5_K, f"Q5_K in the first eighth of the layers (< {n // 8})"
+    if mix.name in ("Q4_0", "Q5_0") and model.has_imatrix and layer < n // 8:
+        # llama.cpp: "Guard against craziness in the first few ffn_down layers", only with an imatrix
+        with_min = T.Q4_1 if mix.name == "Q4_0" else T.Q5_1
+        return with_min, f"{with_min.name} in the first eighth of the layers (< {n // 8}), with an imatrix"
     return None
 
 

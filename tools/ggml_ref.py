@@ -25,7 +25,9 @@ _ROW_NAME.update({GGMLQuantizationType.Q2_K: "q2_K", GGMLQuantizationType.Q3_K: 
 
 @lru_cache(maxsize=1)
 def libggml_base() -> ctypes.CDLL:
-    if os.environ.get("GGML_BASE_LIB"):          # e.g. /work/llama/build/bin/libggml-base.so
+    """$GGML_BASE_LIB (a libggml-base.so, e.g. /work/llama/build/bin/libggml-base.so) when set, else the
+    one of the installed llama-cpp-python."""
+    if os.environ.get("GGML_BASE_LIB"):
         return ctypes.CDLL(os.environ["GGML_BASE_LIB"])
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:

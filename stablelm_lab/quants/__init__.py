@@ -6,6 +6,7 @@
     fmt.dequantize_reference(raw)   # the same, one readable block at a time
     fmt.dequantize_torch(tensor)    # the same in torch, on the tensor's device
     fmt.quantize(x)                 # llama.cpp's reference quantizer: float32 -> bytes
+    fmt.quantize(x, imatrix=v)      # the same weighted by an importance matrix (see weighted.py)
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ def dequantize(raw, qtype):
     return get(qtype).dequantize(raw)
 
 
-def quantize(x, qtype):
-    """Shortcut for ``get(qtype).quantize(x)``."""
-    return get(qtype).quantize(x)
+def quantize(x, qtype, imatrix=None):
+    """Shortcut for ``get(qtype).quantize(x, imatrix)``."""
+    return get(qtype).quantize(x, imatrix)
 
 
 __all__ = ["FORMATS", "QuantFormat", "get", "names", "dequantize", "quantize"]
