@@ -101,15 +101,21 @@ def llama_cpp_golden_cases():
 
 def test_llama_cpp_chain_equals_llama_cpp():
     cases = llama_cpp_golden_cases()
-    assert len(cases) >= 50
+    assert len(cases) >= 40
     for case in cases:
         top_k, top_p, min_p, temperature = case["settings"]
         probs = llama_cpp_probs(torch.from_numpy(case["logits"]), int(top_k), top_p, min_p, temperature)
         kept = probs.nonzero()[:, 0].numpy()
         where = f"settings {case['settings'].tolist()}"
-        assert kept.tolist() == case["kept"].tolist(), where
-        # measured max |diff| 6e-8 (llama.cpp sums in double, torch's softmax in float)
-        np.testing.assert_allclose(probs[kept].numpy(), case["probs"], rtol=0, atol=1e-6, err_msg=where)
+        if len(np.unique(case["logits"])) == len(case["logits"]):
+            assert kept.tolist() == case["kept"].tolist(), where
+            theirs = case["probs"]
+        else:   # tied logits: which of them stay is up to std::partial_sort's order; how many is not
+            assert len(kept) == len(case["kept"]), where
+            theirs = case["probs"][np.argsort(-case["probs"], kind="stable")]
+            kept = kept[np.argsort(-probs[kept].numpy(), kind="stable")]
+        # measured max |diff| 6e-8 (ATEN_CPU_CAPABILITY default, avx2, avx512): llama.cpp divides by a double sum
+        np.testing.assert_allclose(probs[kept].numpy(), theirs, rtol=0, atol=6e-7, err_msg=where)
 
 
 def test_llama_cpp_defaults_are_common_h():
