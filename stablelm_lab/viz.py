@@ -182,9 +182,13 @@ def sampling_orders_figure(tokens: list[str], panels: dict[str, tuple[np.ndarray
                              hovertemplate="%{x}<br>p = %{y:.4f}<br>%{customdata}<extra></extra>"),
                       row=1, col=k + 1)
         fig.update_xaxes(tickangle=-60, title_text="next token (most likely first)", row=1, col=k + 1)
-    fig.update_yaxes(type="log", range=[np.log10(SAMPLING_Y_FLOOR), 0], title_text="probability", row=1, col=1)
-    fig.update_yaxes(type="log", range=[np.log10(SAMPLING_Y_FLOOR), 0])
-    return _layout(fig, title, 420)
+    ticks = [10.0 ** e for e in range(int(np.log10(SAMPLING_Y_FLOOR)), 1)]
+    fig.update_yaxes(type="log", range=[np.log10(SAMPLING_Y_FLOOR), 0], tickvals=ticks,
+                     ticktext=[f"{t:g}" for t in ticks])
+    fig.update_yaxes(title_text="probability (log scale)", row=1, col=1)
+    fig = _layout(fig, title, 440)
+    fig.update_layout(margin=dict(t=90))
+    return fig
 
 
 def sampling_bars(drawn: np.ndarray, tempered: np.ndarray, color: str) -> dict:
@@ -201,7 +205,7 @@ def kept_by_temperature_figure(temperatures: np.ndarray, kept: dict[str, np.ndar
     fig = go.Figure()
     for k, (name, counts) in enumerate(kept.items()):
         fig.add_trace(go.Scatter(x=temperatures, y=counts, mode="lines+markers", name=name,
-                                 line=dict(color=PALETTE[k % len(PALETTE)], shape="hv")))
+                                 line=dict(color=PALETTE[k % len(PALETTE)])))
     fig.update_xaxes(title_text="temperature")
     fig.update_yaxes(title_text="tokens that can be drawn", rangemode="tozero")
     fig.update_layout(legend=dict(orientation="h", y=-0.25))

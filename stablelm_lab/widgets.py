@@ -58,7 +58,7 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
     return _wired(box, update, tensor_box, row_box, block_box)
 
 
-def next_token_explorer(logits, tokenizer, top: int = 24, temperature: float = 0.75, top_k: int = 50,
+def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0.75, top_k: int = 50,
                         top_p: float = 0.95, min_p: float = 0.0) -> W.VBox:
     """Sampling settings over one row of next-token logits (n_vocab,), in both programs' orders side by side.
 

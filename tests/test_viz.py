@@ -103,6 +103,15 @@ def test_next_token_explorer_shows_both_orders_in_place():
     assert "keeps 1 token " in box.children[1].value                    # one token, not "1 tokens"
 
 
+def test_sampling_figures_have_axis_titles():
+    panels = {"a": (np.array([0.7, 0.3, 0.0]), np.array([0.6, 0.3, 0.1])), "b": (np.ones(3) / 3, np.ones(3) / 3)}
+    fig = viz.sampling_orders_figure(list("xyz"), panels, "t")
+    assert fig.layout.xaxis.title.text and fig.layout.xaxis2.title.text and fig.layout.yaxis.title.text
+    assert list(fig.data[0].y) == [0.7, 0.3, 0.1]          # the dropped token drawn at its tempered height
+    fig = viz.kept_by_temperature_figure(np.array([0.5, 1.0]), {"a": np.array([3, 5])}, "t")
+    assert fig.layout.xaxis.title.text == "temperature" and fig.layout.yaxis.title.text
+
+
 def test_attention_viewer_draws_the_recorded_probabilities():
     probs = torch.softmax(torch.randn(1, 2, 5, 5), -1)
     acts = {"blk.0.kq_soft_max": probs, "blk.1.kq_soft_max": probs.flip(1)}
