@@ -6,7 +6,8 @@ Two programs sample StableLM-3B-4E1T, and they cut the distribution in different
   top_p=0.95, do_sample=True)``): generation/utils.py's ``_get_logits_processor`` appends
   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper in that order, then softmax and one draw.
   The card sets no top_k, the model's generation_config.json sets none either, so transformers' default
-  ``top_k=50`` applies (generation/configuration_utils.py, ``_get_default_generation_params``). Temperature comes first: it changes which tokens survive top-p.
+  ``top_k=50`` applies (generation/configuration_utils.py, ``_get_default_generation_params``).
+  Temperature comes first: it changes which tokens survive top-p.
 - **llama.cpp** (llama-cli, llama-server): common/common.h's ``common_params_sampling`` default chain is
   penalties, DRY, top-n-sigma, top-k, typical-p, top-p, min-p, XTC, temperature, then ``dist`` draws;
   at the defaults (top_k 40, top_p 0.95, min_p 0.05, temp 0.80; penalty_repeat 1.0, dry_multiplier 0,

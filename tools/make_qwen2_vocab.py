@@ -65,7 +65,8 @@ def main() -> None:
     tokens, types = field(reader, "tokenizer.ggml.tokens"), field(reader, "tokenizer.ggml.token_type")
     merges = field(reader, "tokenizer.ggml.merges")
     alphabet = byte_level_alphabet()
-    texts = ["".join(alphabet[b] for b in t) for t in test_texts((source / "models" / f"{vocab.name}.inp").read_bytes())]
+    raw = (source / "models" / f"{vocab.name}.inp").read_bytes()
+    texts = ["".join(alphabet[b] for b in t) for t in test_texts(raw)]
     singles = set(alphabet.values())
 
     keep = [i for i, t in enumerate(tokens) if t in singles or (t and any(t in text for text in texts))]
