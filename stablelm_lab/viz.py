@@ -186,8 +186,8 @@ def sampling_orders_figure(tokens: list[str], panels: dict[str, tuple[np.ndarray
     fig.update_yaxes(type="log", range=[np.log10(SAMPLING_Y_FLOOR), 0], tickvals=ticks,
                      ticktext=[f"{t:g}" for t in ticks])
     fig.update_yaxes(title_text="probability (log scale)", row=1, col=1)
-    fig = _layout(fig, title, 440)
-    fig.update_layout(margin=dict(t=90))
+    fig = _layout(fig, title, 460)
+    fig.update_layout(margin=dict(t=110))
     return fig
 
 

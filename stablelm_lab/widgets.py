@@ -75,20 +75,20 @@ def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0
     logits = torch.as_tensor(logits).float()
     order = logits.argsort(descending=True)[:top]
     tokens = [tokenizer.decode([int(i)]) for i in order]
-    wide = {"style": {"description_width": "initial"}, "layout": W.Layout(width="260px"), "continuous_update": False}
+    wide = {"style": {"description_width": "initial"}, "layout": W.Layout(width="320px"),
+            "continuous_update": False}
     t_box = W.FloatSlider(value=temperature, min=0.05, max=2.0, step=0.05, description="temperature", **wide)
     k_box = W.IntSlider(value=top_k, min=0, max=100, description="top_k (0: off)", **wide)
     p_box = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top_p", **wide)
     m_box = W.FloatSlider(value=min_p, min=0.0, max=0.5, step=0.01, description="min_p (llama.cpp)", **wide)
     summary = W.HTML()
-    names = ["transformers (the card): temperature, top-k, top-p",
-             "llama.cpp: top-k, top-p, min-p, then temperature"]
+    names = ["transformers (the card)<br>temperature, top-k, top-p", "llama.cpp<br>top-k, top-p, min-p, temperature"]
 
     def panels() -> dict[str, tuple]:
         tempered = torch.softmax(logits / t_box.value, -1)[order].numpy()
         card = card_probs(logits, t_box.value, k_box.value or None, p_box.value)
         llama = llama_cpp_probs(logits, k_box.value, p_box.value, m_box.value, t_box.value)
-        summary.value = " &nbsp; ".join(f"<b>{name.split(':')[0]}</b> keeps {_count(int((q > 0).sum()), 'token')}"
+        summary.value = " &nbsp; ".join(f"<b>{name.split('<br>')[0]}</b> keeps {_count(int((q > 0).sum()), 'token')}"
                                         f" (the most likely drawn with p = {float(q.max()):.3f})"
                                         for name, q in zip(names, (card, llama)))
         return {names[0]: (card[order].numpy(), tempered), names[1]: (llama[order].numpy(), tempered)}
