@@ -17,7 +17,7 @@ from stablelm_lab import GGUFError, StableLM, quants
 from stablelm_lab.model import LayerNorm, Rotary
 
 GOLDEN = Path(__file__).parent / "golden"
-LOGITS_ATOL = 1e-4
+LOGITS_ATOL = 1e-4  # measured on the CPU: max 8.0e-6 (ATEN_CPU_CAPABILITY=default), 5.3e-6 (avx2), 4.6e-6 (avx512)
 
 SPECS = {
     # StableLM-3B-4E1T's shape in small: sequential residual, rotary on a quarter of each head
