@@ -177,7 +177,8 @@ def test_generate_draws_from_the_distribution_transformers_generate_draws_from(m
     assert tokens == drawn
     for step, (p, q) in enumerate(zip(seen, theirs)):
         assert torch.equal(p > 0, q > 0), f"step {step}: kept sets differ"
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=f"step {step}")  # measured max 7e-8
+        # measured max |diff| 7.5e-8 (ATEN_CPU_CAPABILITY default, avx2, avx512)
+        torch.testing.assert_close(p, q, rtol=0, atol=7e-7, msg=f"step {step}")
     # the test can see a lost top_k: on this sequence, top-p alone would keep other tokens at some step
     logits = ours(torch.tensor([prompt + drawn]))[0, len(prompt) - 1:-1]
     assert any(not torch.equal(card_probs(row, 0.75, None, 0.95) > 0, card_probs(row) > 0) for row in logits)
