@@ -93,7 +93,8 @@ def test_next_token_explorer_shows_both_orders_in_place():
     assert box.children[-1] is figure                                   # updated in place, not redrawn
     card, llama = ([c != "#BBBBBB" for c in trace.marker.color] for trace in figure.data)
     assert card == [True, True, True] and llama == [True, True, False]
-    assert "(the card)</b> keeps 3 tokens" in box.children[1].value and "llama.cpp</b> keeps 2 tokens" in box.children[1].value
+    summary = box.children[1].value
+    assert "(the card)</b> keeps 3 tokens" in summary and "llama.cpp</b> keeps 2 tokens" in summary
     # a dropped token keeps a visible bar: its tempered probability, on the fixed log axis
     tempered = torch.softmax(logits / 2.0, -1)
     assert np.isclose(figure.data[1].y[2], tempered[2].item())
