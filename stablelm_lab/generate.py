@@ -16,6 +16,7 @@ import torch
 
 from .sampling import Sampling, draw
 
+
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, temperature: float = 0.75,
              top_p: float = 0.95, top_k: int | None = 50, do_sample: bool = True, seed: int | None = None,
              stream: bool = False):

@@ -1,6 +1,6 @@
 """Make the golden file that checks stablelm_lab.sampling's llama.cpp chain against llama.cpp's own samplers.
 
-    PYTHONPATH=/work/llama/llama_cpp_python-0.3.36 LLAMA_CPP_LIB_PATH=/work/llama/build/bin \\
+    PYTHONPATH=/path/to/llama_cpp_python-0.3.36 LLAMA_CPP_LIB_PATH=/path/to/llama.cpp/build/bin \\
         .venv/bin/python tools/make_golden_sampling.py   # with diskcache importable (llama_cpp's __init__ needs it)
 
 llama-cpp-python's bindings are ctypes over libllama, so its source package with any libllama.so of the same

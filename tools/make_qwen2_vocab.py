@@ -20,8 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-from gguf import GGUFReader, GGUFValueType, GGUFWriter
+from gguf import GGUFReader, GGUFWriter
 
 SDIST = Path("/work/llama/llama_cpp_python-0.3.36/vendor/llama.cpp")
 OUT = Path(__file__).resolve().parent.parent / "tests" / "golden" / "qwen2_vocab"
