@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("prompt")
     p.add_argument("--max-new-tokens", type=int, default=64)
+    # the model card's generate call: temperature 0.75, top_p 0.95, and transformers' default top_k 50
     p.add_argument("--temperature", type=float, default=0.75)
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-k", type=int, default=50, help="0 keeps every token (default: 50, as transformers)")
     p.add_argument("--greedy", action="store_true", help="always the most likely token (no sampling)")
     p.add_argument("--seed", type=int, default=None, help="make sampling repeatable")
     p.set_defaults(run=cmd_generate)
@@ -213,7 +214,7 @@ def cmd_generate(args) -> None:
     model, tokenizer = StableLM.from_gguf(args.file), load_tokenizer(args.file)
     print(args.prompt, end="", flush=True)
     for piece in generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None,
                           do_sample=not args.greedy, seed=args.seed, stream=True):
         print(piece, end="", flush=True)
     print()

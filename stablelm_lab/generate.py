@@ -2,6 +2,10 @@
 
     text = generate(model, tok, "The capital of France is", max_new_tokens=32, do_sample=False)
     for piece in generate(model, tok, "Once upon a time", stream=True): print(piece, end="")
+
+The defaults are the model card's call, ``model.generate(**inputs, max_new_tokens=64, temperature=0.75,
+top_p=0.95, do_sample=True)``, which in transformers also applies its default top_k=50; the sampling
+itself (and llama.cpp's other order) is in ``sampling``.
 """
 
 from __future__ import annotations
@@ -10,21 +14,24 @@ from typing import Iterator
 
 import torch
 
+from .sampling import Sampling, draw
+
 
 def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, temperature: float = 0.75,
-             top_p: float = 0.95, top_k: int | None = None, do_sample: bool = True, seed: int | None = None,
+             top_p: float = 0.95, top_k: int | None = 50, do_sample: bool = True, seed: int | None = None,
              stream: bool = False):
     """The continuation of ``prompt`` as a string, or (``stream=True``) an iterator of text pieces.
 
-    Greedy when ``do_sample`` is False; else sampling from softmax(logits / temperature), cut to the
-    ``top_k`` most likely tokens and then to the smallest set whose probability reaches ``top_p``.
+    Greedy when ``do_sample`` is False; else in transformers' order: logits / temperature, cut to the
+    ``top_k`` most likely tokens (None: no cut), then to the smallest set whose probability reaches
+    ``top_p``, softmax, one draw (``sampling.card_probs``).
     Stops after ``max_new_tokens`` or at the end-of-sequence token.
     """
     pieces = stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_p, top_k, do_sample, seed)
     return pieces if stream else "".join(pieces)
 
 
-def stream_text(model, tokenizer, prompt, max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=None,
+def stream_text(model, tokenizer, prompt, max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=50,
                 do_sample=True, seed=None) -> Iterator[str]:
     """Yield the new text as tokens arrive; a piece is held back while it ends inside a UTF-8 character."""
     ids: list[int] = []
@@ -42,7 +49,7 @@ def stream_text(model, tokenizer, prompt, max_new_tokens=64, temperature=0.75, t
 
 
 @torch.no_grad()
-def generate_ids(model, prompt_ids: list[int], max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=None,
+def generate_ids(model, prompt_ids: list[int], max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=50,
                  do_sample=True, seed=None, eos: int | None = None) -> Iterator[int]:
     """Yield new token ids: the prompt runs once, then each token is one cached forward step."""
     if not prompt_ids:
@@ -62,29 +69,13 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens=64, temperature=0.
         logits = model([token], cache)[0, -1]
 
 
-def next_token(logits: torch.Tensor, temperature=0.75, top_p=0.95, top_k=None, do_sample=True,
+def next_token(logits: torch.Tensor, temperature=0.75, top_p=0.95, top_k=50, do_sample=True,
                generator: torch.Generator | None = None) -> int:
-    """Pick the next token from one row of logits (n_vocab,)."""
+    """Pick the next token from one row of logits (n_vocab,): the argmax, or a draw as the card's generate."""
     logits = logits.float().cpu()
     if not do_sample or temperature == 0:
         return int(logits.argmax())
-    logits = logits / temperature
-    if top_k is not None:
-        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p is not None and top_p < 1.0:
-        probs = nucleus(probs, top_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the most likely tokens until their total reaches top_p (at least one), renormalized."""
-    sorted_probs, order = probs.sort(descending=True)
-    before = sorted_probs.cumsum(0) - sorted_probs     # probability mass of the tokens ranked above
-    sorted_probs[before >= top_p] = 0.0
-    kept = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return kept / kept.sum()
+    return draw(Sampling("transformers", temperature, top_k, top_p).probs(logits), generator)
 
 
 def eos_id(tokenizer) -> int | None:

@@ -160,14 +160,56 @@ def logit_lens_figure(top_prob: np.ndarray, top_token: list[list[str]], tokens: 
     return _layout(fig, "Logit lens: the next token each layer would predict", 420)
 
 
-def next_token_figure(tokens: list[str], probs: np.ndarray, kept: np.ndarray, title: str) -> go.Figure:
-    """The most likely next tokens; the ones a sampler may pick (kept) in colour, the others grey."""
-    colors = [PALETTE[0] if k else "#CCCCCC" for k in kept]
-    fig = go.Figure(go.Bar(x=[repr(t) for t in tokens], y=probs, marker_color=colors,
-                           hovertemplate="%{x}<br>p = %{y:.3f}<extra></extra>"))
-    fig.update_yaxes(title_text="probability", range=[0, 1])
-    fig.update_xaxes(tickangle=-45)
-    return _layout(fig, title, 380)
+SAMPLING_Y_FLOOR = 1e-4   # the log axis starts here, fixed: bars keep their height from one setting to the next
+
+
+def sampling_orders_figure(tokens: list[str], panels: dict[str, tuple[np.ndarray, np.ndarray]],
+                           title: str) -> go.Figure:
+    """The same next tokens under each sampler, one panel per sampler (``panels``: name -> (drawn, tempered)).
+
+    ``drawn`` is the probability each token is drawn with (0 where the sampler dropped it), ``tempered``
+    softmax(logits / temperature). A kept token's bar is its drawn probability, in colour; a dropped token's
+    bar is its tempered probability, in grey, so dropped tokens stay in sight. The log axis is fixed
+    (1e-4 to 1) so that bars can be compared across settings and panels.
+    """
+    names = list(panels)
+    fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True, horizontal_spacing=0.04,
+                        subplot_titles=names)
+    labels = [repr(t) for t in tokens]
+    for k, (name, (drawn, tempered)) in enumerate(panels.items()):
+        bars = sampling_bars(drawn, tempered, PALETTE[k % len(PALETTE)])
+        fig.add_trace(go.Bar(x=labels, name=name, showlegend=False, **bars,
+                             hovertemplate="%{x}<br>p = %{y:.4f}<br>%{customdata}<extra></extra>"),
+                      row=1, col=k + 1)
+        fig.update_xaxes(tickangle=-60, title_text="next token (most likely first)", row=1, col=k + 1)
+    ticks = [10.0 ** e for e in range(int(np.log10(SAMPLING_Y_FLOOR)), 1)]
+    fig.update_yaxes(type="log", range=[np.log10(SAMPLING_Y_FLOOR), 0], tickvals=ticks,
+                     ticktext=[f"{t:g}" for t in ticks])
+    fig.update_yaxes(title_text="probability (log scale)", row=1, col=1)
+    fig = _layout(fig, title, 460)
+    fig.update_layout(margin=dict(t=110))
+    return fig
+
+
+def sampling_bars(drawn: np.ndarray, tempered: np.ndarray, color: str) -> dict:
+    """Heights, colours and hover notes of one sampler's bars (kept: drawn probability; dropped: grey)."""
+    drawn, tempered = np.asarray(drawn, dtype=float), np.asarray(tempered, dtype=float)
+    kept = drawn > 0
+    return {"y": np.where(kept, drawn, tempered),
+            "marker": {"color": [color if k else "#BBBBBB" for k in kept]},
+            "customdata": ["kept" if k else "dropped (grey: its probability before the cut)" for k in kept]}
+
+
+def kept_by_temperature_figure(temperatures: np.ndarray, kept: dict[str, np.ndarray], title: str) -> go.Figure:
+    """How many tokens each sampler leaves in play (y) as the temperature changes (x), one line per sampler."""
+    fig = go.Figure()
+    for k, (name, counts) in enumerate(kept.items()):
+        fig.add_trace(go.Scatter(x=temperatures, y=counts, mode="lines+markers", name=name,
+                                 line=dict(color=PALETTE[k % len(PALETTE)])))
+    fig.update_xaxes(title_text="temperature")
+    fig.update_yaxes(title_text="tokens that can be drawn", rangemode="tozero")
+    fig.update_layout(legend=dict(orientation="h", y=-0.25))
+    return _layout(fig, title, 400)
 
 
 def per_position_figure(values: np.ndarray, tokens: list[str], title: str, y_title: str) -> go.Figure:

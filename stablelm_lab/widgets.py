@@ -58,33 +58,61 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
     return _wired(box, update, tensor_box, row_box, block_box)
 
 
-def next_token_explorer(logits, tokenizer, top: int = 20, temperature: float = 0.75,
-                        top_p: float = 0.95) -> W.VBox:
-    """Temperature and top-p sliders over one row of next-token logits (n_vocab,): which tokens stay in play."""
+def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0.75, top_k: int = 50,
+                        top_p: float = 0.95, min_p: float = 0.0) -> W.VBox:
+    """Sampling settings over one row of next-token logits (n_vocab,), in both programs' orders side by side.
+
+    Left, transformers' order (the model card's ``generate``; this package's ``generate`` too): temperature,
+    top-k, top-p. Right, llama.cpp's default chain: top-k, top-p, min-p on the untempered logits, then
+    temperature. The defaults are the card's settings (min_p 0, so that only the order differs). The
+    ``top`` most likely tokens are shown, in a fixed order; ``box.settings()`` gives the sliders' values
+    as ``generate`` keywords.
+    """
     import torch
 
-    from .generate import nucleus
+    from .sampling import card_probs, llama_cpp_probs
 
     logits = torch.as_tensor(logits).float()
-    t_box = W.FloatSlider(value=temperature, min=0.05, max=2.0, step=0.05, description="temperature",
-                          continuous_update=False)
-    p_box = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top_p",
-                          continuous_update=False)
+    order = logits.argsort(descending=True)[:top]
+    tokens = [tokenizer.decode([int(i)]) for i in order]
+    wide = {"style": {"description_width": "initial"}, "layout": W.Layout(width="320px"),
+            "continuous_update": False}
+    t_box = W.FloatSlider(value=temperature, min=0.05, max=2.0, step=0.05, description="temperature", **wide)
+    k_box = W.IntSlider(value=top_k, min=0, max=100, description="top_k (0: off)", **wide)
+    p_box = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top_p", **wide)
+    m_box = W.FloatSlider(value=min_p, min=0.0, max=0.5, step=0.01, description="min_p (llama.cpp)", **wide)
     summary = W.HTML()
-    box = W.VBox([W.HBox([t_box, p_box]), summary])
+    names = ["transformers (the card)<br>temperature, top-k, top-p", "llama.cpp<br>top-k, top-p, min-p, temperature"]
+
+    def panels() -> dict[str, tuple]:
+        tempered = torch.softmax(logits / t_box.value, -1)[order].numpy()
+        card = card_probs(logits, t_box.value, k_box.value or None, p_box.value)
+        llama = llama_cpp_probs(logits, k_box.value, p_box.value, m_box.value, t_box.value)
+        summary.value = " &nbsp; ".join(f"<b>{name.split('<br>')[0]}</b> keeps {_count(int((q > 0).sum()), 'token')}"
+                                        f" (the most likely drawn with p = {float(q.max()):.3f})"
+                                        for name, q in zip(names, (card, llama)))
+        return {names[0]: (card[order].numpy(), tempered), names[1]: (llama[order].numpy(), tempered)}
+
+    def title() -> str:
+        return (f"The {top} most likely next tokens at temperature {t_box.value:.2f}, top_k {k_box.value}, "
+                f"top_p {p_box.value:.2f}, min_p {m_box.value:.2f}")
+
+    figure = go.FigureWidget(viz.sampling_orders_figure(tokens, panels(), title()))
+    box = W.VBox([W.HBox([t_box, k_box, p_box, m_box], layout=W.Layout(flex_flow="row wrap")), summary, figure])
 
     def update(*_):
-        probs = torch.softmax(logits / t_box.value, dim=-1)
-        kept = nucleus(probs.clone(), p_box.value) > 0 if p_box.value < 1 else probs > 0
-        order = probs.argsort(descending=True)[:top]
-        names = [tokenizer.decode([int(i)]) for i in order]
-        summary.value = (f"{int(kept.sum())} tokens can be sampled; the most likely has p = "
-                         f"{float(probs[order[0]]):.3f}")
-        fig = viz.next_token_figure(names, probs[order].numpy(), kept[order].numpy(),
-                                    f"Next token at temperature {t_box.value:.2f}, top_p {p_box.value:.2f}")
-        box.children = box.children[:2] + (_figure_widget(fig),)
+        with figure.batch_update():
+            for k, (trace, (drawn, tempered)) in enumerate(zip(figure.data, panels().values())):
+                bars = viz.sampling_bars(drawn, tempered, viz.PALETTE[k])
+                trace.y, trace.marker.color, trace.customdata = bars["y"], bars["marker"]["color"], bars["customdata"]
+            figure.layout.title.text = title()
 
-    return _wired(box, update, t_box, p_box)
+    box.settings = lambda: {"temperature": t_box.value, "top_k": k_box.value or None, "top_p": p_box.value}
+    return _wired(box, update, t_box, k_box, p_box, m_box)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def attention_viewer(acts: dict, tokens: list[str], n_layer: int, n_head: int) -> W.VBox:

@@ -7,7 +7,7 @@ import torch
 
 import ggufmaker
 from stablelm_lab import StableLM, generate, load_tokenizer
-from stablelm_lab.generate import generate_ids, next_token, nucleus
+from stablelm_lab.generate import generate_ids, next_token
 
 PROMPT = "The quick brown fox"
 
@@ -60,13 +60,6 @@ def test_stops_at_eos(setup):
         assert generate(model, tok, PROMPT, max_new_tokens=10, do_sample=False) == ""
     finally:
         tok.special_ids = saved
-
-
-def test_nucleus_keeps_the_smallest_set_reaching_top_p():
-    probs = torch.tensor([0.1, 0.5, 0.05, 0.3, 0.05])
-    # sorted: 0.5, 0.3 (0.8 < 0.85), 0.1 (reaches 0.9): keep those three
-    torch.testing.assert_close(nucleus(probs, 0.85), torch.tensor([0.1, 0.5, 0, 0.3, 0]) / 0.9)
-    torch.testing.assert_close(nucleus(probs, 0.3), torch.tensor([0, 1.0, 0, 0, 0]))  # at least one
 
 
 def test_next_token_sampling_follows_the_distribution():

@@ -17,7 +17,7 @@ from stablelm_lab import GGUFError, StableLM, quants
 from stablelm_lab.model import LayerNorm, Rotary
 
 GOLDEN = Path(__file__).parent / "golden"
-LOGITS_ATOL = 1e-4
+LOGITS_ATOL = 1e-4  # measured on the CPU: max 8.0e-6 (ATEN_CPU_CAPABILITY=default), 5.3e-6 (avx2), 4.6e-6 (avx512)
 
 SPECS = {
     # StableLM-3B-4E1T's shape in small: sequential residual, rotary on a quarter of each head
@@ -264,7 +264,8 @@ def test_bfloat16_is_close_to_float32(tmp_path):
     full = StableLM.from_gguf(path)(ids)
     half = StableLM.from_gguf(path, dtype=torch.bfloat16)(ids)
     assert half.dtype == torch.bfloat16
-    assert (half.float() - full).abs().max().item() < 0.1 * full.abs().max().item()
+    # measured 0.78% of the largest logit (ATEN_CPU_CAPABILITY=default, avx2, avx512): bfloat16's 8 bits
+    assert (half.float() - full).abs().max().item() < 0.05 * full.abs().max().item()
 
 
 def test_a_llama_file_is_refused(tmp_path):
@@ -291,7 +292,8 @@ def llama_cpp_golden():
 @torch.no_grad()
 def test_float32_file_matches_llama_cpp(llama_cpp_golden):
     ours = StableLM.from_gguf(GOLDEN / "tiny_model.F32.gguf")(llama_cpp_golden["tokens"])[0].numpy()
-    np.testing.assert_allclose(ours, llama_cpp_golden["logits/F32"], atol=1e-3, rtol=0)  # measured: 2e-6
+    # measured max |diff| 2.1e-6 (ATEN_CPU_CAPABILITY=default), 1.9e-6 (avx2, avx512)
+    np.testing.assert_allclose(ours, llama_cpp_golden["logits/F32"], atol=2e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mix", ["Q8_0", "Q4_K_M"])

@@ -4,6 +4,7 @@ written into a GGUF the way llama.cpp's converter writes it, must give the very 
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 import pytest
 
@@ -108,3 +109,28 @@ def test_a_vocabulary_the_library_cannot_build_is_a_gguf_error(tmp_path):
     path = ggufmaker.write_gguf(tmp_path / "placeholder.gguf", tokenizer="placeholder")
     with pytest.raises(GGUFError, match="do not form a valid BPE tokenizer"):
         load_tokenizer(path)
+
+
+# ---- the stablelm2/qwen2 branch: llama.cpp's own test vectors (made by Hugging Face tokenizers) -------------
+QWEN2 = Path(__file__).parent / "golden" / "qwen2_vocab" / "vocab.gguf"   # tools/make_qwen2_vocab.py
+
+
+def qwen2_vectors() -> list[tuple[str, list[int]]]:
+    """The .inp texts and .out ids, split as llama.cpp's tests/test-tokenizer-0.cpp splits them."""
+    raw, sep = QWEN2.with_suffix(".gguf.inp").read_bytes(), b"\n__ggml_vocab_test__\n"
+    texts = raw.split(sep)
+    texts = texts[:-1] if raw.endswith(sep) else texts
+    ids = [[int(i) for i in line.split()] for line in QWEN2.with_suffix(".gguf.out").read_text().split("\n")]
+    return list(zip((t.decode() for t in texts), ids, strict=False))
+
+
+def test_qwen2_pre_tokenizer_gives_llama_cpp_test_ids():
+    vectors = qwen2_vectors()
+    assert len(vectors) == 46
+    g = GGUFFile(QWEN2)
+    assert g.metadata["tokenizer.ggml.pre"] == "qwen2"
+    original_id = g.metadata["stablelm_lab.original_ids"]
+    tok = load_tokenizer(g)
+    for text, expected in vectors:
+        assert [original_id[i] for i in tok.encode(text).ids] == expected, repr(text)
+

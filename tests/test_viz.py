@@ -76,18 +76,41 @@ def test_quant_error_explorer_reports_what_metrics_measure(q8_file):
     assert "Q8_0" in box.children[1].value and len(box.children) == 4   # summary, histogram, per-block
 
 
-def test_next_token_explorer_keeps_fewer_tokens_at_lower_top_p():
-    class Letters:
-        def decode(self, ids):
-            return "".join(chr(97 + i) for i in ids)
+class Letters:
+    def decode(self, ids):
+        return "".join(chr(97 + i) for i in ids)
 
-    logits = torch.linspace(0, 5, 20)
-    box = widgets.next_token_explorer(logits, Letters(), top=20, temperature=1.0, top_p=1.0)
-    kept_all = sum(c != "#CCCCCC" for c in box.children[-1].data[0].marker.color)
-    box.children[0].children[1].value = 0.5
-    kept_half = sum(c != "#CCCCCC" for c in box.children[-1].data[0].marker.color)
-    probs = torch.softmax(logits, 0).sort(descending=True).values
-    assert kept_all == 20 and kept_half == int((probs.cumsum(0) - probs < 0.5).sum())
+
+def test_next_token_explorer_shows_both_orders_in_place():
+    # probabilities [.6, .3, .1] at temperature 2 and top_p 0.85 (by hand): tempered, [.473, .334, .193], the
+    # first two hold .807 < .85, so transformers' top-p keeps all three; llama.cpp cuts first (.6 + .3) and
+    # keeps two
+    logits = torch.log(torch.tensor([0.6, 0.3, 0.1]))
+    box = widgets.next_token_explorer(logits, Letters(), top=3, temperature=1.0, top_k=0, top_p=1.0)
+    figure = box.children[-1]
+    t_box, k_box, p_box, m_box = box.children[0].children
+    t_box.value, p_box.value = 2.0, 0.85
+    assert box.children[-1] is figure                                   # updated in place, not redrawn
+    card, llama = ([c != "#BBBBBB" for c in trace.marker.color] for trace in figure.data)
+    assert card == [True, True, True] and llama == [True, True, False]
+    summary = box.children[1].value
+    assert "(the card)</b> keeps 3 tokens" in summary and "llama.cpp</b> keeps 2 tokens" in summary
+    # a dropped token keeps a visible bar: its tempered probability, on the fixed log axis
+    tempered = torch.softmax(logits / 2.0, -1)
+    assert np.isclose(figure.data[1].y[2], tempered[2].item())
+    assert all(tuple(figure.layout[f"yaxis{n}"].range) == (-4, 0) for n in ("", "2"))
+    assert box.settings() == {"temperature": 2.0, "top_k": None, "top_p": 0.85}
+    p_box.value = 0.3
+    assert "keeps 1 token " in box.children[1].value                    # one token, not "1 tokens"
+
+
+def test_sampling_figures_have_axis_titles():
+    panels = {"a": (np.array([0.7, 0.3, 0.0]), np.array([0.6, 0.3, 0.1])), "b": (np.ones(3) / 3, np.ones(3) / 3)}
+    fig = viz.sampling_orders_figure(list("xyz"), panels, "t")
+    assert fig.layout.xaxis.title.text and fig.layout.xaxis2.title.text and fig.layout.yaxis.title.text
+    assert list(fig.data[0].y) == [0.7, 0.3, 0.1]          # the dropped token drawn at its tempered height
+    fig = viz.kept_by_temperature_figure(np.array([0.5, 1.0]), {"a": np.array([3, 5])}, "t")
+    assert fig.layout.xaxis.title.text == "temperature" and fig.layout.yaxis.title.text
 
 
 def test_attention_viewer_draws_the_recorded_probabilities():

@@ -33,7 +33,8 @@ def libggml_base() -> ctypes.CDLL:
     if spec is None or spec.origin is None:
         raise RuntimeError("llama-cpp-python is not installed: pip install --no-binary llama-cpp-python "
                            "llama-cpp-python (with CMAKE_ARGS='-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF')")
-    lib_dir = Path(spec.origin).parent / "lib"
+    # LLAMA_CPP_LIB_PATH: where llama-cpp-python itself looks for a libllama built apart from the package
+    lib_dir = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(spec.origin).parent / "lib")
     candidates = sorted(lib_dir.glob("libggml-base.*"))
     if not candidates:
         raise RuntimeError(f"no libggml-base in {lib_dir}")

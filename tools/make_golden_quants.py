@@ -1,6 +1,9 @@
 """Make the golden files that prove stablelm_lab.quants equal to llama.cpp, byte for byte.
 
     python tools/make_golden_quants.py        # in an environment with llama-cpp-python built from source
+    # or its source package over a separate llama.cpp build (diskcache importable, for llama_cpp's __init__):
+    PYTHONPATH=/path/to/llama_cpp_python-0.3.36:tools LLAMA_CPP_LIB_PATH=/path/to/llama.cpp/build/bin \
+        .venv/bin/python tools/make_golden_quants.py
 
 Writes, under tests/golden/:
 - quant_rows.npz: rows of several characters (Gaussian, heavy-tailed, zeros, ...), each quantized by
@@ -112,7 +115,9 @@ def tiny_stablelm_tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
         "blk.0.attn_norm.weight": np.ones(hidden, np.float32),
         "blk.0.attn_norm.bias": np.zeros(hidden, np.float32),
         "blk.0.attn_q.weight": matrix(256, "heavy_tailed", "single_spike", "mixed_signs", "uniform"),
-        "blk.0.attn_k.weight": matrix(64, "tiny"),
+        # ordinary-sized keys (q.k / sqrt(64) spans several units), so attention is far from uniform and a
+        # wrong rotary or attention scale changes the logits; "tiny" blocks stay in ffn_up
+        "blk.0.attn_k.weight": matrix(64, "gaussian") * np.float32(10),
         "blk.0.attn_v.weight": matrix(64, "gaussian") * np.float32(5e4),   # large, yet finite in fp16
         "blk.0.attn_output.weight": matrix(256, "zeros", "constant", "alternating_signs", "integers"),
         "blk.0.ffn_norm.weight": np.ones(hidden, np.float32),
