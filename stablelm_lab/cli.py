@@ -198,9 +198,9 @@ def cmd_quantize(args) -> None:
 
     extra = {}
     if args.imatrix:
-        from .imatrix import imatrix_for_quantize
+        from .imatrix import imatrix_arguments
 
-        extra["imatrix"] = imatrix_for_quantize(args.imatrix, args.src)
+        extra = imatrix_arguments(args.imatrix, args.src)
     choices = quantize_gguf(args.src, args.dst, args.mix, allow_requantize=args.allow_requantize,
                             progress=not args.quiet, **extra)
     n_bytes, bpw = mix_size(choices)

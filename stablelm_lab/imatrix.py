@@ -318,19 +318,12 @@ def check_imatrix(imat: ImportanceMatrix, model_file) -> None:
                                f"matrix): the file is incomplete or for another model")
 
 
-class ImportanceVectors(dict):
-    """{tensor name: float32 importance vector}, with what llama-quantize records of the file it came from
-    (the quantize.imatrix.* keys of its output): ``file`` (the path as given), ``datasets``, ``chunk_count``."""
-
-    def __init__(self, vectors: dict, file: str = "", datasets: list[str] | None = None, chunk_count: int = 0):
-        super().__init__(vectors)
-        self.file, self.datasets, self.chunk_count = file, list(datasets or []), chunk_count
-
-
-def imatrix_for_quantize(path, model_file) -> ImportanceVectors:
-    """The mapping ``quantize_gguf(..., imatrix=...)`` takes, read from an imatrix file and checked against
-    the model it will quantize: {tensor name: importance vector}, as llama-quantize computes it."""
+def imatrix_arguments(path, model_file) -> dict:
+    """What ``quantize_gguf`` needs to write ``llama-quantize --imatrix path``'s file, read from an imatrix
+    file and checked against the model it will quantize: ``imatrix`` = {tensor name: importance vector, as
+    llama-quantize computes it}, and what its output records of the file (the quantize.imatrix.* keys):
+    ``imatrix_file`` (the path as given), ``imatrix_dataset`` (the first dataset), ``imatrix_chunks``."""
     imat = load_imatrix(path)
     check_imatrix(imat, model_file)
-    return ImportanceVectors(imat.importance(), str(path), imat.datasets, imat.chunk_count)
-
+    return {"imatrix": imat.importance(), "imatrix_file": str(path),
+            "imatrix_dataset": imat.datasets[0] if imat.datasets else None, "imatrix_chunks": imat.chunk_count}

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from stablelm_lab import StableLM, load_tokenizer
-from stablelm_lab.imatrix import imatrix_for_quantize
+from stablelm_lab.imatrix import imatrix_arguments
 from stablelm_lab.metrics import kl_divergence
 from stablelm_lab.mixes import MIXES
 from stablelm_lab.quantize_file import quantize_gguf
@@ -33,7 +33,7 @@ PUBLISHED_ORDER = ["Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_0", "Q4_1", "Q4_K_S
 
 def measure(base_path: Path, text: str, n_ctx: int | None, work: Path, imatrix_path: Path | None = None) -> list[dict]:
     base, tokenizer = StableLM.from_gguf(base_path), load_tokenizer(base_path)
-    imatrix = imatrix_for_quantize(imatrix_path, base_path) if imatrix_path else None
+    imatrix = imatrix_arguments(imatrix_path, base_path) if imatrix_path else None
     rows = []
     for mix in MIXES:
         start = time.perf_counter()
@@ -45,7 +45,7 @@ def measure(base_path: Path, text: str, n_ctx: int | None, work: Path, imatrix_p
                "ppl": kld.ppl.value, "ppl_err": kld.ppl.uncertainty, "ppl_base": kld.ppl_base.value,
                "kld": kld.mean, "top1": kld.top1_agreement, "tokens": len(kld.per_position)}
         if imatrix is not None:
-            quantize_gguf(base_path, path, mix, progress=False, imatrix=imatrix)
+            quantize_gguf(base_path, path, mix, progress=False, **imatrix)
             kld = kl_divergence(base, StableLM.from_gguf(path), text, tokenizer=tokenizer, n_ctx=n_ctx)
             row.update({"i_bytes": path.stat().st_size, "i_ppl": kld.ppl.value, "i_ppl_err": kld.ppl.uncertainty,
                         "i_kld": kld.mean, "i_top1": kld.top1_agreement})

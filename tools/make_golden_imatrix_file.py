@@ -1,6 +1,6 @@
 """Make the golden importance matrices that check stablelm_lab.imatrix against llama-imatrix itself.
 
-    .venv/bin/python tools/make_golden_imatrix.py [--llama-bin /work/llama/build/bin] [--text-only]
+    .venv/bin/python tools/make_golden_imatrix_file.py [--llama-bin /work/llama/build/bin] [--text-only]
 
 1. data/calibration.txt: training documents of the embedded default (the Python standard library, not held
    out; stablelm_lab.train.corpus) joined by blank lines, about 40 KB: the text the notebook and the tests
@@ -12,7 +12,7 @@
    its input activations to F16 first (the F16 type's vec_dot_type), and the KV cache is F16 by default,
    so the activations of every layer after the first would differ from a float32 forward pass by F16
    rounding (~1e-3), not by float32 summation order. --process-output collects output.weight as well.
-   Written in both of llama-imatrix's formats, under tests/golden/imatrix/: tiny.imatrix.gguf and
+   Written in both of llama-imatrix's formats, under tests/golden/llama_imatrix/: tiny.imatrix.gguf and
    tiny.imatrix.dat (the legacy format, --output-format dat), plus run.json (the command lines, the
    llama.cpp version).
 """
@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GOLDEN = ROOT / "tests" / "golden" / "imatrix"
+GOLDEN = ROOT / "tests" / "golden" / "llama_imatrix"
 CALIBRATION = ROOT / "data" / "calibration.txt"
 MODEL = ROOT / "data" / "tiny-stablelm.F16.gguf"
 CHUNK_SIZE, CHUNKS = 128, 8
