@@ -17,13 +17,15 @@ How the text is cut (``compute_imatrix``): the whole text is tokenized once (BOS
 adds one), cut into len // chunk_size chunks of chunk_size tokens (the rest is dropped; fewer than two
 chunks' worth is refused), each chunk runs from an empty cache with its first token replaced by BOS when
 the vocabulary adds one, and every token of every chunk counts (only llama-imatrix's perplexity estimate
-skips the first half of a chunk). llama-imatrix also ignores a matrix multiplication of fewer than 16
-tokens (a ubatch that small never happens for chunks of 16 tokens or more); we run one chunk per pass.
+skips the first half of a chunk). llama-imatrix also ignores a matrix multiplication over fewer than 16
+tokens (``if (src1->ne[1] < 16 ...) return false``); we run one whole chunk per pass and keep every one.
 
-What the quantizers do with it (ggml/src/ggml-quants.c, e.g. ``quantize_row_q4_0_impl``): ``sums / count``
-becomes ``quant_weights``, and the scale search of a block minimizes Σ_j w_j (x_j − d·q_j)² with
-w_j = quant_weights[j] · sqrt(σ² + x_j²) instead of the unweighted error: a column the text drives hard
-must be rounded well, one it barely touches may be rounded badly.
+What the quantizers do with it (ggml/src/ggml-quants.c): ``sums / count`` becomes ``quant_weights``, and
+``quantize_<type>`` then runs the type's ``_impl`` quantizer instead of its reference one: the scale search
+of a block minimizes Σ_j w_j (x_j − x̂_j)² with w_j = quant_weights[j] · sqrt(σ² + x_j²)
+(``quantize_row_q4_K_impl``, ``quantize_row_q4_0_impl``...) instead of the reference weights (Q4_K's:
+av_x + |x_j|). A column the text drives hard must be rounded well; one it barely touches may be rounded
+badly.
 """
 
 from __future__ import annotations

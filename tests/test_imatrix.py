@@ -20,13 +20,12 @@ from stablelm_lab.imatrix import (ImatrixError, ImportanceMatrix, check_imatrix,
 
 GOLDEN = Path(__file__).parent / "golden" / "llama_imatrix"
 RUN = json.loads((GOLDEN / "run.json").read_text())
-# Our float32 forward pass against llama.cpp's (both float32 throughout): the largest relative difference of
-# any column's sum was 2.2e-6 (tools/make_golden_imatrix_file.py, measured 2026-12-07), float32 rounding of
-# activations computed in another order, not a different computation. Ten times that:
-SUMS_RTOL = 2.5e-5
-# Columns whose sum is this small a fraction of the matrix's largest are compared absolutely (a
-# near-zero sum has no relative precision to speak of).
-SUMS_FLOOR = 1e-6
+# Our float32 forward pass against llama.cpp's (float32 throughout), summed over 1024 tokens: the largest
+# relative difference of any column's sum was 3.8e-6 (blk.0.attn_q/k/v: llama.cpp adds 1024 float32 squares
+# one by one, we add them in float64), the median 3e-7 to 8e-7 per matrix (measured 2026-12-07; the same
+# llama-imatrix run on the F16 file, whose matmuls round their inputs to F16, differs from it by up to 6e-4).
+# About eight times the measured worst:
+SUMS_RTOL = 3e-5
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,8 @@ def collected():
 
 
 def relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
-    scale = np.maximum(np.abs(theirs), SUMS_FLOOR * np.abs(theirs).max())
-    return float(np.max(np.abs(ours.astype(np.float64) - theirs) / scale))
+    assert (theirs > 0).all()            # every column of the golden is driven: no 0/0
+    return float(np.max(np.abs(ours.astype(np.float64) - theirs) / theirs))
 
 
 def test_collect_equals_llama_imatrix(collected, golden):

@@ -11,7 +11,8 @@
    the KV cache in F32 and flash attention off. Why F32: llama.cpp's CPU matmul with an F16 weight rounds
    its input activations to F16 first (the F16 type's vec_dot_type), and the KV cache is F16 by default,
    so the activations of every layer after the first would differ from a float32 forward pass by F16
-   rounding (~1e-3), not by float32 summation order. --process-output collects output.weight as well.
+   rounding, not by float32 summation order (measured: the F16 run's sums differ from the F32 run's by up
+   to 6e-4 relative, from ffn_down of layer 0 on; ours differ from the F32 run's by at most 3.8e-6). --process-output collects output.weight as well.
    Written in both of llama-imatrix's formats, under tests/golden/llama_imatrix/: tiny.imatrix.gguf and
    tiny.imatrix.dat (the legacy format, --output-format dat), plus run.json (the command lines, the
    llama.cpp version).
