@@ -272,3 +272,19 @@ def test_cli_quantize_passes_llama_quantizes_importance(golden, tmp_path, monkey
         np.testing.assert_array_equal(vectors[name], sums / np.float32(golden.counts[name][0]))
     assert (seen["imatrix_file"], seen["imatrix_dataset"], seen["imatrix_chunks"]) == \
            (imatrix_file, RUN["text"], RUN["chunks"])
+
+
+def test_cli_quantize_with_imatrix_writes_llama_quantizes_file(tmp_path, monkeypatch):
+    """End to end, with llama.cpp's files at both ends: the imatrix llama-imatrix collected on the embedded
+    default (imatq's golden), read by load_imatrix, turned into importance vectors and handed to
+    quantize_gguf by `stablelm-lab quantize --imatrix`, gives the Q4_K_M file llama-quantize --imatrix wrote."""
+    import hashlib
+
+    from stablelm_lab.cli import main
+
+    golden = json.loads((Path(__file__).parent / "golden" / "quantize_imatrix" / "mixes.json").read_text())["default"]
+    monkeypatch.chdir(DATA_DIR.parent)        # llama-quantize records the imatrix path as given
+    out = tmp_path / "default.Q4_K_M.gguf"
+    assert main(["quantize", golden["source"], str(out), golden["mix"], "--imatrix", golden["imatrix_file"],
+                 "--quiet"]) == 0
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == golden["file_sha256"]
