@@ -2,7 +2,8 @@
 
     stablelm-lab inspect FILE                   metadata, tensor table with types, bits per weight
     stablelm-lab dequant FILE TENSOR [--npy X]  a tensor's statistics (and its float32 values as .npy)
-    stablelm-lab quantize SRC DST MIX           llama-quantize's mixes: Q4_0 ... Q4_K_M ... Q8_0
+    stablelm-lab quantize SRC DST MIX           llama-quantize's mixes: Q4_0 ... Q4_K_M ... Q8_0 [--imatrix F]
+    stablelm-lab imatrix FILE TEXT -o OUT       llama-imatrix's importance matrix of a model over a text
     stablelm-lab explain-mix FILE MIX           the type each tensor would get, and the rule that chose it
     stablelm-lab generate FILE PROMPT           sample a continuation
     stablelm-lab compare FILE_A FILE_B          per-tensor error, and KL divergence on a text
@@ -80,8 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", help="the output file")
     p.add_argument("mix", help=f"one of {', '.join(MIXES)}")
     p.add_argument("--allow-requantize", action="store_true", help="allow a quantized input (errors compound)")
+    p.add_argument("--imatrix", metavar="FILE", help="weigh each column by this importance matrix "
+                   "(llama-imatrix's .gguf or legacy .dat, or `stablelm-lab imatrix`'s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_quantize)
+
+    p = sub.add_parser("imatrix", help="collect the importance matrix of a model over a text, as llama-imatrix")
+    p.add_argument("file", help="the model, best F16 or F32")
+    p.add_argument("text", help="a text file (llama-imatrix -f)")
+    p.add_argument("-o", "--output", required=True, help="the imatrix GGUF file to write")
+    p.add_argument("-c", "--chunk-size", type=int, default=None,
+                   help="tokens per chunk (llama-imatrix -c; default 512, or the model's context if shorter)")
+    p.add_argument("--chunks", type=int, default=None, help="use only the first N chunks")
+    p.add_argument("--process-output", action="store_true", help="collect output.weight too")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_imatrix)
 
     p = sub.add_parser("explain-mix", help="the type each tensor would get under a mix, and why")
     p.add_argument("file")
@@ -183,13 +197,30 @@ def cmd_quantize(args) -> None:
     from .mixes import mix_size
     from .quantize_file import quantize_gguf
 
+    extra = {}
+    if args.imatrix:
+        from .imatrix import imatrix_arguments
+
+        extra = imatrix_arguments(args.imatrix, args.src)
     choices = quantize_gguf(args.src, args.dst, args.mix, allow_requantize=args.allow_requantize,
-                            progress=not args.quiet)
+                            progress=not args.quiet, **extra)
     n_bytes, bpw = mix_size(choices)
     by_type = Counter(c.qtype.name for c in choices)
     print(f"wrote {args.dst}: {Path(args.dst).stat().st_size / 1e6:.2f} MB "
           f"(from {Path(args.src).stat().st_size / 1e6:.2f} MB), {bpw:.4f} bits per weight; "
           + ", ".join(f"{n} {name}" for name, n in by_type.most_common()))
+
+
+def cmd_imatrix(args) -> None:
+    from .imatrix import collect_imatrix, save_imatrix
+
+    text = Path(args.text).read_text(encoding="utf-8")
+    imat = collect_imatrix(args.file, text, chunk_size=args.chunk_size, n_chunks=args.chunks,
+                           process_output=args.process_output, datasets=[args.text], progress=not args.quiet)
+    save_imatrix(imat, args.output)
+    n_tokens = max(int(c.max()) for c in imat.counts.values())
+    print(f"wrote {args.output}: {len(imat)} matrices, {imat.chunk_count} chunks of {imat.chunk_size} tokens "
+          f"({n_tokens} tokens)")
 
 
 def cmd_explain_mix(args) -> None:

@@ -17,7 +17,7 @@ from stablelm_lab.cli import build_parser, main
 from stablelm_lab.mixes import explain_mix
 
 SPEC = TinySpec(n_vocab=512, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64, seed=3)
-COMMANDS = ["inspect", "dequant", "quantize", "explain-mix", "generate", "compare", "bench"]
+COMMANDS = ["inspect", "dequant", "quantize", "imatrix", "explain-mix", "generate", "compare", "bench"]
 
 
 @pytest.fixture(scope="module")

@@ -241,8 +241,9 @@ class MLP(nn.Module):
         self.ffn_up = Linear(config.n_embd, config.n_ff)
         self.ffn_down = Linear(config.n_ff, config.n_embd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
-        return self.ffn_down(F.silu(self.ffn_gate(x)) * self.ffn_up(x))
+    def forward(self, x: torch.Tensor, tap: Tap = NO_TAP) -> torch.Tensor:  # (B, T, C) -> (B, T, C)
+        swiglu = tap("ffn_swiglu", F.silu(self.ffn_gate(x)) * self.ffn_up(x))  # (B, T, n_ff): ffn_down's input
+        return self.ffn_down(swiglu)
 
 
 # ---- the block -----------------------------------------------------------------------------------
@@ -268,5 +269,5 @@ class Block(nn.Module):
         ffn_inp = tap("ffn_inp", attn_out + x)
         if hasattr(self, "ffn_norm"):
             h = tap("ffn_norm", self.ffn_norm(ffn_inp))
-        ffn_out = tap("ffn_out", self.ffn(h))
+        ffn_out = tap("ffn_out", self.ffn(h, tap))
         return tap("l_out", ffn_out + ffn_inp)

@@ -57,7 +57,7 @@ class StableLM(nn.Module):
     def activation_names(self) -> list[str]:
         """Every name run_with_cache records, in the order the forward pass produces them."""
         per_layer = ["attn_norm", "Qcur", "Kcur", "Vcur", "kq", "kq_soft_max", "kqv_out", "attn_out",
-                     "ffn_inp", "ffn_norm", "ffn_out", "l_out"]
+                     "ffn_inp", "ffn_norm", "ffn_swiglu", "ffn_out", "l_out"]
         if self.config.parallel_residual:
             per_layer.remove("ffn_norm")
         names = ["inp_embd"] + [f"blk.{i}.{n}" for i in range(self.config.n_layer) for n in per_layer]
