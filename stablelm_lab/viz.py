@@ -144,7 +144,7 @@ def error_histogram(original: np.ndarray, decoded: np.ndarray, name: str,
     fig = go.Figure()
     _add_error_histogram(fig, original, decoded, limit)
     fig.update_xaxes(title_text="decoded − original")
-    fig.update_yaxes(title_text="weights", type="log")
+    fig.update_yaxes(title_text="weights", **_log_axis(fig.data[0].y))
     return _layout(fig, f"Quantization error of {name}", 360)
 
 
@@ -176,7 +176,7 @@ def quant_error_figure(original: np.ndarray, decoded: np.ndarray, block_scale: n
                         subplot_titles=("error of each weight", f"error per block vs its {scale_name}"))
     _add_error_histogram(fig, original, decoded, limit, row=1, col=1)
     fig.update_xaxes(title_text="decoded − original", row=1, col=1)
-    fig.update_yaxes(title_text="weights", type="log", row=1, col=1)
+    fig.update_yaxes(title_text="weights", row=1, col=1, **_log_axis(fig.data[0].y))
     if block_scale is not None:
         fig.add_trace(go.Scattergl(x=block_scale, y=block_rmse, mode="markers", showlegend=False,
                                    marker=dict(size=4, opacity=0.5, color=PALETTE[0]),
@@ -184,42 +184,70 @@ def quant_error_figure(original: np.ndarray, decoded: np.ndarray, block_scale: n
     else:
         fig.add_annotation(text="no per-block scale in this format", showarrow=False, font=dict(size=13),
                            xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)
-    fig.update_xaxes(title_text=scale_name, type="log", row=1, col=2)
-    fig.update_yaxes(title_text="block RMSE", type="log", row=1, col=2)
+    fig.update_xaxes(title_text=scale_name, row=1, col=2, **_log_axis(block_scale if block_scale is not None else []))
+    fig.update_yaxes(title_text="block RMSE", row=1, col=2, **_log_axis(block_rmse))
     title = f"Quantization error of {name}" + (f"<br><sup>{note}</sup>" if note else "")
     return _layout(fig, title, 420)
 
 
 def frontier_figure(formats: list[str], bits_per_weight: list[float], errors: list[float],
                     error_name: str = "relative RMSE") -> go.Figure:
-    """Bits per weight against error, one point per format: the price of each bit. Points that share
-    nearly the same bits per weight take turns placing their label (right, left, above, below) so the
-    cluster at 4.25–4.5 bits stays readable."""
+    """Bits per weight against error, one point per format: the price of each bit. Each label takes the first
+    place around its point (right, left, above, below, ...) where it covers no other label and no other point,
+    so the cluster at 4.25–4.5 bits stays readable."""
+    height = 460
     fig = go.Figure(go.Scatter(x=bits_per_weight, y=errors, mode="markers+text", text=formats,
-                               textposition=label_positions(bits_per_weight, errors),
-                               textfont=dict(size=11), marker=dict(size=9, color=PALETTE[1]),
+                               textposition=label_positions(bits_per_weight, errors, formats, height=height),
+                               textfont=dict(size=LABEL_PX), marker=dict(size=9, color=PALETTE[1]),
                                hovertemplate="%{text}<br>%{x:.4g} bits/weight<br>%{y:.3g}<extra></extra>"))
-    fig.update_xaxes(title_text="bits per weight")
+    fig.update_xaxes(title_text="bits per weight", range=_padded(bits_per_weight))
     fig.update_yaxes(title_text=error_name, **_log_axis(errors))
-    return _layout(fig, "Bits per weight vs error", 460)
+    return _layout(fig, "Bits per weight vs error", height)
 
 
-def label_positions(x: list[float], y: list[float], near: float = 0.3) -> list[str]:
-    """A text position per point: the points of a cluster (x within ``near`` of the previous one), ordered by
-    their error, alternate right and left, then above and below."""
-    cycle = ["middle right", "middle left", "top center", "bottom center"]
-    order = sorted(range(len(x)), key=lambda i: (x[i], y[i]))
-    positions, rank, last_x = [""] * len(x), 0, None
-    for i in order:
-        rank = rank + 1 if last_x is not None and x[i] - last_x <= near else 0
-        positions[i], last_x = cycle[rank % len(cycle)], x[i]
+LABEL_PX = 11
+#: where a point's label may go, in order of preference: (plotly textposition, dx, dy) in label units
+_PLACES = [("middle right", 0.5, 0), ("middle left", -0.5, 0), ("top center", 0, 1), ("bottom center", 0, -1),
+           ("top right", 0.5, 1), ("bottom right", 0.5, -1), ("top left", -0.5, 1), ("bottom left", -0.5, -1)]
+
+
+def _padded(values, pad: float = 0.08) -> list[float]:
+    lo, hi = float(np.min(values)), float(np.max(values))
+    return [lo - pad * (hi - lo or 1), hi + pad * (hi - lo or 1)]
+
+
+def label_positions(x, y, labels, width: int = PICTURE_WIDTH, height: int = 460) -> list[str]:
+    """A plotly textposition per point, chosen greedily (left to right) so that no label box overlaps another
+    label or a marker, in pixels of a plot ``width`` x ``height`` with a linear x and a log y axis."""
+    x, y = np.asarray(x, np.float64), np.log10(np.asarray(y, np.float64))
+    (x0, x1), (y0, y1) = _padded(x), _padded(y)
+    px = (x - x0) / (x1 - x0) * (width - 150)              # the plot area, less margins and axis labels
+    py = (y - y0) / (y1 - y0 or 1) * (height - 110)
+    boxes, positions = [], [""] * len(x)
+    markers = [(a - 5, b - 5, a + 5, b + 5) for a, b in zip(px, py)]
+    for i in np.argsort(px, kind="stable"):
+        w, h = 0.62 * LABEL_PX * len(labels[i]) + 4, LABEL_PX + 4
+        for place, dx, dy in _PLACES:
+            cx, cy = px[i] + dx * (w + 14), py[i] + dy * (h + 4)
+            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+            others = boxes + [m for j, m in enumerate(markers) if j != i]
+            if not any(_overlap(box, o) for o in others):
+                break
+        else:
+            place, box = _PLACES[0][0], (px[i], py[i], px[i], py[i])
+        positions[i] = place
+        boxes.append(box)
     return positions
+
+
+def _overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _log_axis(values) -> dict:
     """A log axis labelled at powers of ten only (no '2' and '5' minor labels crowding it), unless the values
     span less than a decade."""
-    v = np.asarray(values, np.float64)
+    v = np.asarray([np.nan if e is None else e for e in np.ravel(values)], np.float64)
     v = v[np.isfinite(v) & (v > 0)]
     wide = v.size and np.log10(v.max() / v.min()) >= 1
     return dict(type="log", dtick=1, exponentformat="power") if wide else dict(type="log")
@@ -229,8 +257,8 @@ def block_error_figure(block_scale: np.ndarray, block_rmse: np.ndarray, name: st
     """Each block's RMSE against its scale d: the error grows with the scale, block by block."""
     fig = go.Figure(go.Scattergl(x=block_scale, y=block_rmse, mode="markers",
                                  marker=dict(size=4, opacity=0.5, color=PALETTE[0])))
-    fig.update_xaxes(title_text="block scale d", type="log")
-    fig.update_yaxes(title_text="block RMSE", type="log")
+    fig.update_xaxes(title_text="block scale d", **_log_axis(block_scale))
+    fig.update_yaxes(title_text="block RMSE", **_log_axis(block_rmse))
     return _layout(fig, f"Error per block vs its scale: {name}", 380)
 
 
@@ -295,7 +323,7 @@ def logit_lens_figure(top_prob: np.ndarray, top_token: list[list[str]], tokens: 
                                colorbar=dict(title=dict(text="p(top token)", side="right")),
                                hovertemplate="position %{y}<br>after layer %{x}<br>top: %{text} "
                                              "(p = %{z:.2f})<extra></extra>"))
-    fig.update_xaxes(title_text="after layer", dtick=1, side="top")
+    fig.update_xaxes(title_text="after layer", dtick=1)
     fig.update_yaxes(title_text="input position: token (· space, ↵ newline)", autorange="reversed")
     return _layout(fig, "Logit lens: the next token each layer would predict", max(360, 80 + 22 * n_pos))
 

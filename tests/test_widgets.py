@@ -85,8 +85,14 @@ def test_logit_lens_shows_whitespace_tokens():
 
 
 def test_frontier_labels_of_a_cluster_take_different_places():
-    positions = viz.label_positions([4.25, 4.5, 4.5, 4.5, 8.5], [0.06, 0.055, 0.05, 0.058, 0.004])
-    assert len(set(positions[:4])) == 4 and positions[4] == "middle right"
+    # notebook 06's cluster: IQ4_XS and MXFP4 at 4.25 bits, Q4_0, IQ4_NL and Q4_K at 4.5, errors within 20%
+    names = ["Q2_K", "IQ4_XS", "MXFP4", "Q4_0", "IQ4_NL", "Q4_K", "Q8_0"]
+    bpw = [2.625, 4.25, 4.25, 4.5, 4.5, 4.5, 8.5]
+    err = [0.2, 0.052, 0.06, 0.058, 0.05, 0.049, 0.004]
+    positions = viz.label_positions(bpw, err, names)
+    assert positions[1] != positions[2] and positions[4] != positions[5]   # same bits, errors 2-15% apart
+    assert positions.count("middle right") < 6           # the old figure put every label at the same place
+    assert positions[0] == positions[-1] == "middle right"   # a point alone keeps the first choice
 
 
 def test_a_log_axis_over_decades_labels_powers_of_ten_only():
