@@ -85,6 +85,7 @@ def lab(tmp_path_factory):
     _need_browser()
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")  # JupyterLab autosaves: never touch the originals
+    shutil.copytree(ROOT / "notebooks", root / "notebooks" / "stored")   # as a learner opens them first
     for path in (root / "notebooks").glob("*.ipynb"):         # cleared, so a numbered prompt means it ran here
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
@@ -227,6 +228,25 @@ def test_notebook_runs_and_every_control_moves_its_figure(lab, browser, shots, n
         small = _small_text(page)
         assert not small, f"{notebook}: figure text under 10 px: {small[:5]}"
         _no_error_shown(page, notebook)
+    finally:
+        page.close()
+
+
+def test_stored_notebooks_show_pictures_in_jupyterlab(lab, browser, shots):
+    """Opened as cloned (untrusted, no widget state): every figure and control shows a picture or a plot,
+    never a widget's Python repr."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        for notebook in NOTEBOOKS:
+            page.goto(f"{lab}/lab/workspaces/stored-{notebook[:2]}/tree/stored/{notebook}?reset&token={TOKEN}")
+            page.wait_for_selector(".jp-Notebook .jp-OutputArea-output", timeout=60_000)
+            page.wait_for_timeout(1000)
+            outputs = page.locator(".jp-OutputArea-output")
+            text = " ".join(outputs.all_inner_texts())
+            assert not re.search(r"\b(VBox|HBox|FigureWidget)\(", text), f"{notebook} shows a widget's repr"
+            shown = page.locator(".jp-OutputArea-output img, .jp-OutputArea-output .js-plotly-plot").count()
+            assert shown >= _stored_figures(notebook), f"{notebook}: {shown} of {_stored_figures(notebook)}"
+            page.screenshot(path=str(shots / f"{notebook[:-6]}-stored.png"))
     finally:
         page.close()
 
