@@ -77,43 +77,51 @@ class FigureExplorer(W.VBox):
         return bundle
 
 
-def set_range(slider: W.IntSlider, high: int) -> None:
-    """A slider's range 0..high, the maximum set before the value (a value past the old maximum would be
-    clamped to it, and a browser's End key reads the maximum the slider had when it was drawn)."""
-    slider.max = max(high, slider.min)
-    slider.value = min(slider.value, slider.max)
-    slider.layout.display = None if high > slider.min else "none"  # no slider over an empty range
+    def replace_control(self, index: int, control) -> None:
+        """Put a new control in place of ``controls[index]`` (its observer moves with it)."""
+        self.controls[index].unobserve(self.update, names="value")
+        self.controls[index] = control
+        control.observe(self.update, names="value")
+        self.children[0].children = tuple(self.controls)
+
+
+def range_slider(description: str, high: int, value: int = 0) -> W.IntSlider:
+    """An integer slider over 0..high, hidden where that range holds a single value. Made anew whenever its
+    range changes: the browser's slider (noUiSlider) answers the End key with the maximum it had when first
+    drawn, so a slider whose maximum grows afterwards stops short of it (255 of a 768-row tensor)."""
+    slider = W.IntSlider(value=min(max(value, 0), high), min=0, max=max(high, 0), description=description,
+                         continuous_update=False)
+    slider.layout.display = None if high > 0 else "none"
+    return slider
 
 
 def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0) -> FigureExplorer:
     """Pick a tensor, a row and a block: see the block's bytes, its fields and the weights they decode to.
 
     ``gguf`` is a GGUFFile (anything with ``tensors`` and ``raw(name)``); float tensors are left out. The
-    block slider hides where each row is a single block (a K-quant row of 256 weights)."""
+    row and block sliders span the chosen tensor (made anew when it changes); the block slider hides where
+    each row is a single block (a K-quant row of 256 weights)."""
     names = [t.name for t in gguf.tensors if quants.get(t.qtype).block_size > 1 and len(t.shape) == 2]
     if not names:
         raise ValueError("this file has no quantized matrices to explore")
     tensor_box = W.Dropdown(options=names, value=tensor or names[0], description="tensor",
                             layout=W.Layout(width="420px"))
-    row_box = W.IntSlider(value=0, min=0, max=0, description="row", continuous_update=False)
-    block_box = W.IntSlider(value=0, min=0, max=0, description="block", continuous_update=False)
     heading, table = W.HTML(), W.HTML()
-
-    def rows_of(info):
-        return gguf.raw(info.name).reshape(info.shape[0], -1)
 
     def info_of():
         return next(t for t in gguf.tensors if t.name == tensor_box.value)
 
-    def fit_ranges():
+    def sliders(row: int, block: int) -> list[W.IntSlider]:
         info = info_of()
-        set_range(row_box, info.shape[0] - 1)
-        set_range(block_box, info.shape[1] // quants.get(info.qtype).block_size - 1)
+        return [range_slider("row", info.shape[0] - 1, row),
+                range_slider("block", info.shape[1] // quants.get(info.qtype).block_size - 1, block)]
 
     def draw():
         info = info_of()
         fmt = quants.get(info.qtype)
-        raw_block = np.asarray(rows_of(info)[row_box.value].reshape(-1, fmt.type_size)[block_box.value])
+        row_box, block_box = live
+        rows = gguf.raw(info.name).reshape(info.shape[0], -1)
+        raw_block = np.asarray(rows[row_box.value].reshape(-1, fmt.type_size)[block_box.value])
         n_blocks = block_box.max + 1
         heading.value = (f"<b>{info.name}</b>: {fmt.name}, {fmt.block_size} weights in {fmt.type_size} bytes "
                          f"({fmt.bits_per_weight:g} bits per weight); row {row_box.value} of {info.shape[0]}, "
@@ -125,12 +133,12 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
 
     def tensor_changed(_):
         with box.holding():
-            fit_ranges()
+            live[:] = sliders(live[0].value, live[1].value)
+            for i, slider in enumerate(live, start=1):
+                box.replace_control(i, slider)
 
-    fit_ranges()
-    row_box.value = min(row, row_box.max)
-    block_box.value = min(block, block_box.max)
-    box = FigureExplorer([tensor_box, row_box, block_box], draw, [heading, table], "block explorer")
+    live = sliders(row, block)
+    box = FigureExplorer([tensor_box, *live], draw, [heading, table], "block explorer")
     tensor_box.unobserve(box.update, names="value")
     tensor_box.observe(tensor_changed, names="value")
     return box

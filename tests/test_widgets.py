@@ -133,8 +133,10 @@ def test_block_explorer_slider_ranges_follow_the_tensor(q8_file):
     row_box.value = row_box.max
     assert row_box.max == 511                          # TinySpec: 512 tokens
     tensor_box.value = "blk.0.attn_k.weight"           # n_head_kv 2 x head_dim 64 = 128 rows
-    assert (row_box.max, row_box.value) == (127, 127)
+    row_box = box.controls[1]                          # a new slider: the browser's End key needs one
+    assert (row_box.max, row_box.value) == (127, 127) and box.children[0].children[1] is row_box
     tensor_box.value = "blk.0.ffn_down.weight"         # 256 rows of 512 weights: 16 Q8_0 blocks
+    _, row_box, block_box = box.controls
     assert (row_box.max, block_box.max) == (255, 15)
     row_box.value, block_box.value = 255, 15
     raw = q8_file.raw("blk.0.ffn_down.weight")[255].reshape(-1, 34)[15]
@@ -147,7 +149,7 @@ def test_no_visible_slider_has_an_empty_range(q4_k_file):
     assert not visible(block_box) and "each row is this one block" in box.notes[0].value
     assert visible(row_box) and row_box.max > row_box.min
     box.controls[0].value = "blk.0.ffn_down.weight"                          # 512 a row: two blocks
-    assert visible(block_box) and block_box.max == 1
+    assert visible(box.controls[2]) and box.controls[2].max == 1
 
 
 def test_controls_redraw_one_figure_in_place(q8_file):

@@ -46,10 +46,13 @@ def controls_of(box) -> list:
     return found
 
 
-def time_steps(box, control, steps: int) -> tuple[float, float]:
-    """Median ms of a step now, and of the baseline step (draw, then a new FigureWidget)."""
+def time_steps(box, index: int, steps: int) -> tuple[float, float]:
+    """Median ms of a step of the box's ``index``-th control now, and of the baseline step (the same figure
+    drawn, then a new FigureWidget made of it). The control is looked up at each step: the block explorer
+    makes new sliders when its tensor changes."""
     new, old = [], []
-    for value in step_values(control, steps):
+    for value in step_values(controls_of(box)[index], steps):
+        control = controls_of(box)[index]
         start = time.perf_counter()
         control.value = value
         new.append(time.perf_counter() - start)
@@ -99,10 +102,10 @@ def main() -> None:
     print("|---|---|---|---|---:|---:|---:|---:|")
     for label, path, big, target in files:
         for notebook, name, box in explorers(path, big):
-            for control in controls_of(box):
+            for index, control in enumerate(controls_of(box)):
                 if control.layout.display == "none":
                     continue  # a hidden slider (one value): nothing to move
-                ms, before = time_steps(box, control, args.steps)
+                ms, before = time_steps(box, index, args.steps)
                 print(f"| {label} | {notebook} | {name} | {control.description} | {ms:.0f} | {target} | "
                       f"{before:.0f} | {ms / before:.2f} |", flush=True)
 
