@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import warnings
 
 import numpy as np
@@ -26,8 +27,9 @@ def picture(fig) -> bytes | None:
     """A PNG of ``fig`` (a figure or its dict) drawn by kaleido in Chromium, offline; None where kaleido or a
     Chrome binary is missing (the interactive figure still shows in JupyterLab). ``BROWSER_PATH`` names the
     binary if it is not found on its own (/usr/bin/chromium is). One Chromium serves every picture of the
-    process (kaleido's sync server, closed at exit): half a second a picture instead of several seconds."""
-    if _kaleido["failed"]:
+    process (kaleido's sync server, closed at exit): half a second a picture instead of several seconds.
+    ``STABLELM_PICTURES=0`` turns pictures off (a live session that will not store its outputs)."""
+    if _kaleido["failed"] or os.environ.get("STABLELM_PICTURES") == "0":
         return None
     try:
         import kaleido
