@@ -96,9 +96,14 @@ def lab(tmp_path_factory):
     (config / "labconfig").mkdir(parents=True)
     (config / "labconfig" / "page_config.json").write_text(json.dumps(
         {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    # every cell drawn, not only those on screen (JupyterLab's windowing), so a test can count outputs
+    settings = root / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port = _free_port()
     # the live kernels need no stored pictures (kaleido's Chromium would cost seconds per notebook)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "STABLELM_PICTURES": "0"}
+    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "STABLELM_PICTURES": "0",
+           "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings")}
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip", "127.0.0.1",
          "--port", str(port), f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root / 'notebooks'}"],
