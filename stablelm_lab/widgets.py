@@ -17,9 +17,12 @@ import plotly.graph_objects as go
 
 from . import quants, viz
 
-#: the quant-error explorer quantizes at most this many weights per step (whole rows, evenly spaced),
-#: so one step stays under a second on a 3B tensor (17.7 M weights: IQ4_XS took 10 s on all of them)
-MAX_WEIGHTS = 1 << 19
+#: the quant-error explorer quantizes at most this many weights per step (whole rows, evenly spaced), so a
+#: step stays near 250 ms: the reference quantizers take about 1 µs a weight for the K-quants (a 3B tensor
+#: of 17.7 M weights took 1.9 s in Q4_K, 10 s in IQ4_XS)
+MAX_WEIGHTS = 1 << 17
+#: formats whose quantizer is slower still (about 4 µs a weight, measured): a smaller sample
+SLOW_QUANTIZERS = {"IQ4_NL": 4, "IQ4_XS": 4}
 #: and draws at most this many blocks in its scatter (the browser, not the kernel, is slow past that)
 MAX_BLOCKS_DRAWN = 4000
 
@@ -201,7 +204,7 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
             info = next(t for t in gguf.tensors if t.name == name)
             rows = sample_rows(*info.shape)
             raw = np.asarray(gguf.raw(name)[rows])
-            originals.clear()  # one tensor at a time: a 3B tensor in float32 is 70 MB
+            originals.clear()  # one tensor at a time
             originals[name] = (quants.get(info.qtype).dequantize(raw).reshape(len(rows), -1), rows, info.shape)
         return originals[name]
 
@@ -215,16 +218,18 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
 
     def draw():
         fmt, name = quants.get(type_box.value), tensor_box.value
-        w, rows, shape = original(name)
-        if w.shape[-1] % fmt.block_size:
-            summary.value = (f"<b>{name}</b> rows have {w.shape[-1]} weights: not a multiple of {fmt.name}'s "
+        sample, rows, shape = original(name)
+        if sample.shape[-1] % fmt.block_size:
+            summary.value = (f"<b>{name}</b> rows have {sample.shape[-1]} weights: not a multiple of {fmt.name}'s "
                              f"{fmt.block_size}, so llama.cpp would not use {fmt.name} here.")
             return go.Figure(layout=dict(title=f"{name}: {fmt.name} does not fit these rows", height=120))
+        keep = sample_rows(len(rows), sample.shape[-1], MAX_WEIGHTS // SLOW_QUANTIZERS.get(fmt.name, 1))
+        w, n_rows = sample[keep], len(keep)
         raw, decoded = quantized(name, fmt, w)
         bad = nonfinite_blocks(raw, fmt.qtype)
         err = metrics.tensor_error(w, decoded)
-        sampled = len(rows) < shape[0]
-        note = f"{len(rows)} of {shape[0]} rows, evenly spaced" if sampled else ""
+        sampled = n_rows < shape[0]
+        note = f"{n_rows} of {shape[0]} rows, evenly spaced" if sampled else ""
         summary.value = (f"<b>{name}</b> in <b>{fmt.name}</b> ({fmt.bits_per_weight:g} bits/weight): {err}"
                          + (f" (on {note})" if sampled else "")
                          + (f"; <b>{len(bad)} blocks decode to inf/NaN</b>" if len(bad) else ""))
@@ -236,7 +241,7 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
             block_rmse, scale = block_rmse[pick], None if scale is None else scale[pick]
             note += ("; " if note else "") + f"{MAX_BLOCKS_DRAWN} blocks drawn of {len(diff)}"
         return viz.quant_error_figure(w, decoded, scale, block_rmse, f"{name} as {fmt.name}",
-                                      viz.error_limit(w), scale_name, note)
+                                      viz.error_limit(sample), scale_name, note)
 
     return FigureExplorer([tensor_box, type_box], draw, [summary], "quantization-error explorer")
 

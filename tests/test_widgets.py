@@ -184,6 +184,8 @@ def test_a_large_tensor_is_sampled_and_the_figure_says_so(q8_file, monkeypatch):
     monkeypatch.setattr(widgets, "MAX_WEIGHTS", 64 * 256)
     box = widgets.quant_error_explorer(q8_file, tensor="token_embd.weight", type_name="Q4_K")
     assert "64 of 512 rows" in box.figure.layout.title.text and "64 of 512 rows" in box.notes[0].value
+    box.controls[1].value = "IQ4_XS"                  # a quantizer 4x slower: a quarter of the rows
+    assert "16 of 512 rows" in box.notes[0].value
 
 
 def test_attention_viewer_hides_a_slider_with_one_value():

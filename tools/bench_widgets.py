@@ -102,7 +102,8 @@ def main() -> None:
     print("|---|---|---|---|---:|---:|---:|---:|")
     for label, path, big, target in files:
         for notebook, name, box in explorers(path, big):
-            for index, control in enumerate(controls_of(box)):
+            sliders_first = sorted(enumerate(controls_of(box)), key=lambda c: isinstance(c[1], W.Dropdown))
+            for index, control in sliders_first:  # a dropdown's step may change which sliders there are
                 if control.layout.display == "none":
                     continue  # a hidden slider (one value): nothing to move
                 ms, before = time_steps(box, index, args.steps)
