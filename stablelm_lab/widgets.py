@@ -39,7 +39,10 @@ def redraw(widget: go.FigureWidget, fig: go.Figure) -> None:
         else:
             widget.data = ()
             widget.add_traces(list(fig.data))
-        widget.layout.update(fig.layout.to_plotly_json(), overwrite=True)
+        layout = fig.layout.to_plotly_json()
+        if widget.layout.template.layout.paper_bgcolor is not None:  # every viz figure has one template:
+            layout.pop("template", None)                             # validating it again took a third
+        widget.layout.update(layout, overwrite=True)
 
 
 class FigureExplorer(W.VBox):
