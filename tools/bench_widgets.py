@@ -107,8 +107,9 @@ def main() -> None:
                 if control.layout.display == "none":
                     continue  # a hidden slider (one value): nothing to move
                 ms, before = time_steps(box, index, args.steps)
-                print(f"| {label} | {notebook} | {name} | {control.description} | {ms:.0f} | {target} | "
-                      f"{before:.0f} | {ms / before:.2f} |", flush=True)
+                ratio = f"{before:.0f} | {ms / before:.2f}" if before == before else "– | –"  # NaN: no baseline
+                print(f"| {label} | {notebook} | {name} | {control.description} | {ms:.0f} | {target} | {ratio} |",
+                      flush=True)
 
 
 if __name__ == "__main__":
