@@ -227,26 +227,29 @@ def label_positions(x, y, labels, width: int = PICTURE_WIDTH, height: int = 460)
     x, y = np.asarray(x, np.float64), np.log10(np.asarray(y, np.float64))
     (x0, x1), (y0, y1) = _padded(x), _padded(y)
     px = (x - x0) / (x1 - x0) * (width - 150)              # the plot area, less margins and axis labels
-    py = (y - y0) / (y1 - y0 or 1) * (height - 110)
+    py = (y - y0) / (y1 - y0 or 1) * (height - 100)
     boxes, positions = [], [""] * len(x)
     markers = [(a - 5, b - 5, a + 5, b + 5) for a, b in zip(px, py)]
     for i in np.argsort(px, kind="stable"):
         w, h = 0.62 * LABEL_PX * len(labels[i]) + 4, LABEL_PX + 4
-        for place, dx, dy in _PLACES:
+        others = boxes + [m for j, m in enumerate(markers) if j != i]
+        best = None
+        for place, dx, dy in _PLACES:   # the first free place; where none is free, the least covered
             cx, cy = px[i] + dx * (w + 14), py[i] + dy * (h + 4)
             box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
-            others = boxes + [m for j, m in enumerate(markers) if j != i]
-            if not any(_overlap(box, o) for o in others):
+            covered = sum(_overlap(box, o) for o in others)
+            if best is None or covered < best[0]:
+                best = (covered, place, box)
+            if covered == 0:
                 break
-        else:
-            place, box = _PLACES[0][0], (px[i], py[i], px[i], py[i])
-        positions[i] = place
-        boxes.append(box)
+        positions[i] = best[1]
+        boxes.append(best[2])
     return positions
 
 
-def _overlap(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+def _overlap(a, b) -> float:
+    """The area two boxes (x0, y0, x1, y1) share."""
+    return max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def _log_axis(values) -> dict:

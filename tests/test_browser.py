@@ -148,6 +148,21 @@ def _small_text(page) -> list[str]:
         .filter(([size]) => size < 10).map(([size, text]) => `${size}px: ${text}`)""")
 
 
+def _overlapping_labels(page) -> list[str]:
+    """Pairs of point labels (scatter text) of one figure whose boxes overlap on screen."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(plot => {
+        const boxes = [...plot.querySelectorAll('.textpoint text')].filter(t => t.textContent.trim())
+            .map(t => [t.textContent, t.getBoundingClientRect()]);
+        const hits = [];
+        boxes.forEach(([a, p], i) => boxes.slice(i + 1).forEach(([b, q]) => {
+            const w = Math.min(p.right, q.right) - Math.max(p.left, q.left);
+            const h = Math.min(p.bottom, q.bottom) - Math.max(p.top, q.top);
+            if (w > 1 && h > 1) hits.push(`${a} / ${b}`);
+        }));
+        return hits;
+    })""")
+
+
 def _move(control, kind: str, key: str = "ArrowRight") -> None:
     if kind == "select":  # the next option, by index: labels may carry whitespace the widget strips
         n_options = control.evaluate("select => select.options.length")
@@ -232,6 +247,8 @@ def test_notebook_runs_and_every_control_moves_its_figure(lab, browser, shots, n
             _end_reaches_the_last_row(page)
         small = _small_text(page)
         assert not small, f"{notebook}: figure text under 10 px: {small[:5]}"
+        overlapping = _overlapping_labels(page)
+        assert not overlapping, f"{notebook}: point labels overlap: {overlapping}"
         _no_error_shown(page, notebook)
     finally:
         page.close()
