@@ -221,9 +221,10 @@ def _padded(values, pad: float = 0.08) -> list[float]:
     return [lo - pad * (hi - lo or 1), hi + pad * (hi - lo or 1)]
 
 
-def label_positions(x, y, labels, width: int = PICTURE_WIDTH, height: int = 460) -> list[str]:
+def label_positions(x, y, labels, width: int = 700, height: int = 460) -> list[str]:
     """A plotly textposition per point, chosen greedily (left to right) so that no label box overlaps another
-    label or a marker, in pixels of a plot ``width`` x ``height`` with a linear x and a log y axis."""
+    label or a marker, in pixels of a plot ``width`` x ``height`` with a linear x and a log y axis (700 px:
+    narrower than the stored picture and a notebook in JupyterLab, so labels apart there are apart in both)."""
     x, y = np.asarray(x, np.float64), np.log10(np.asarray(y, np.float64))
     (x0, x1), (y0, y1) = _padded(x), _padded(y)
     px = (x - x0) / (x1 - x0) * (width - 150)              # the plot area, less margins and axis labels
