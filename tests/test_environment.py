@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 #: pip name -> conda-forge name, where they differ.
-CONDA_NAMES = {"torch": "pytorch-cpu"}
+CONDA_NAMES = {"torch": "pytorch-cpu", "kaleido": "python-kaleido"}
 #: Only on PyPI: conda users get them through the pip section.
 PIP_ONLY = {"gguf"}
 
