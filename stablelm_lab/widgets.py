@@ -250,7 +250,7 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
 
 
 def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0.75, top_k: int = 50,
-                        top_p: float = 0.95, min_p: float = 0.0) -> W.VBox:
+                        top_p: float = 0.95, min_p: float = 0.0) -> FigureExplorer:
     """Sampling settings over one row of next-token logits (n_vocab,), in both programs' orders side by side.
 
     Left, transformers' order (the model card's ``generate``; this package's ``generate`` too): temperature,
@@ -288,32 +288,13 @@ def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0
         return (f"The {top} most likely next tokens at temperature {t_box.value:.2f}, top_k {k_box.value}, "
                 f"top_p {p_box.value:.2f}, min_p {m_box.value:.2f}")
 
-    figure = go.FigureWidget(viz.sampling_orders_figure(tokens, panels(), title()))
-    box = W.VBox([W.HBox([t_box, k_box, p_box, m_box], layout=W.Layout(flex_flow="row wrap")), summary, figure])
-
-    def update(*_):
-        with figure.batch_update():
-            for k, (trace, (drawn, tempered)) in enumerate(zip(figure.data, panels().values())):
-                bars = viz.sampling_bars(drawn, tempered, viz.PALETTE[k])
-                trace.y, trace.marker.color, trace.customdata = bars["y"], bars["marker"]["color"], bars["customdata"]
-            figure.layout.title.text = title()
-
-    box.settings = lambda: {"temperature": t_box.value, "top_k": k_box.value or None, "top_p": p_box.value}
-    return _wired(box, update, t_box, k_box, p_box, m_box)
+    explorer = FigureExplorer([t_box, k_box, p_box, m_box],
+                              lambda: viz.sampling_orders_figure(tokens, panels(), title()), [summary],
+                              "next-token explorer")
+    explorer.children[0].layout = W.Layout(flex_flow="row wrap")
+    explorer.settings = lambda: {"temperature": t_box.value, "top_k": k_box.value or None, "top_p": p_box.value}
+    return explorer
 
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-def _figure_widget(fig: go.Figure) -> go.FigureWidget:
-    return go.FigureWidget(fig)
-
-
-def _wired(box: W.Box, update, *controls) -> W.Box:
-    """Run ``update`` now and whenever a control changes; keep it as ``box.update`` for notebooks and tests."""
-    for control in controls:
-        control.observe(update, names="value")
-    update()
-    box.update = update
-    return box
