@@ -15,7 +15,8 @@ import numpy as np
 from .quants import QuantFormat
 
 #: Weights that share one scale (and min) inside a block: the unit the error plots group by.
-SUB_BLOCK_SIZE = {"Q2_K": 16, "Q3_K": 16, "Q6_K": 16, "Q4_K": 32, "Q5_K": 32, "IQ4_XS": 32}
+SUB_BLOCK_SIZE = {"Q2_K": 16, "Q3_K": 16, "Q6_K": 16, "Q4_K": 32, "Q5_K": 32, "IQ4_XS": 32,
+                  "IQ2_XXS": 32, "IQ2_XS": 16, "IQ2_S": 16, "IQ3_XXS": 32, "IQ3_S": 32, "IQ1_S": 32, "IQ1_M": 16}
 
 
 @dataclass(frozen=True)
@@ -65,3 +66,120 @@ def byte_owner(fmt: QuantFormat) -> list[str]:
 
 def sub_block_size(fmt: QuantFormat) -> int:
     return SUB_BLOCK_SIZE.get(fmt.name, fmt.block_size)
+
+
+# ---- which bit of a block holds what ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class BitMap:
+    """What every bit of one block is for; arrays of shape (type_size, 8), bit 0 the least significant.
+
+    group:  the sub-block the bit serves (K-quants: its scale, its min or one of its weights' levels);
+            for the 32-weight formats the half of the block (0: weights 0-15, 1: weights 16-31);
+            -1 for a field the whole block shares (d, dmin, m).
+    role:   "d", "dmin", "m" (block-wide fp16 fields), "scale", "min" (a sub-block's), "level" (the low
+            bits of a weight's level), "high" (a level's bits kept apart: hmask, qh).
+    weight: the weight whose level the bit belongs to, -1 for scales and mins.
+    """
+
+    fmt_name: str
+    group_size: int
+    group: np.ndarray
+    role: np.ndarray
+    weight: np.ndarray
+
+
+def bit_map(fmt: QuantFormat) -> BitMap:
+    """The bit map of a legacy or K-quant block, from ggml-quants.c's dequantize_row_* index arithmetic
+    (quoted in FACTS: get_scale_min_k4 for Q4_K/Q5_K, hmask/qs for Q3_K, ql/qh for Q6_K)."""
+    try:
+        fill, group_size = _BIT_FILLERS[fmt.name]
+    except KeyError:
+        raise ValueError(f"no bit map for {fmt.name}; known: {', '.join(_BIT_FILLERS)}") from None
+    n = fmt.type_size
+    m = BitMap(fmt.name, group_size, np.full((n, 8), -1), np.full((n, 8), "", dtype=object), np.full((n, 8), -1))
+    at = {name: fmt.block_dtype.fields[name][1] for name in fmt.block_dtype.names}
+    for name in ("d", "dmin", "m"):
+        if name in at:
+            m.role[at[name]:at[name] + 2] = name
+    fill(m, at)
+    return m
+
+
+def _mark(m: BitMap, byte: int, bits, group: int, role: str, weight: int = -1) -> None:
+    for bit in bits:
+        m.group[byte, bit], m.role[byte, bit], m.weight[byte, bit] = group, role, weight
+
+
+def _legacy(m: BitMap, at: dict) -> None:
+    for w in range(32):
+        if "qs" in at and m.fmt_name == "Q8_0":
+            _mark(m, at["qs"] + w, range(8), w // 16, "level", w)
+            continue
+        _mark(m, at["qs"] + w % 16, range(4) if w < 16 else range(4, 8), w // 16, "level", w)
+        if "qh" in at:  # bit w of a little-endian uint32
+            _mark(m, at["qh"] + w // 8, [w % 8], w // 16, "high", w)
+
+
+def _two_bit_levels(m: BitMap, at: dict, group_size: int) -> None:
+    """Q2_K's and Q3_K's qs: weight i = 128h + 32j + l has bits 2j, 2j+1 of qs[32h + l]."""
+    for i in range(256):
+        h, j, l = i // 128, (i % 128) // 32, i % 32
+        _mark(m, at["qs"] + 32 * h + l, [2 * j, 2 * j + 1], i // group_size, "level", i)
+
+
+def _q2_k(m: BitMap, at: dict) -> None:
+    for s in range(16):
+        _mark(m, at["scales"] + s, range(4), s, "scale")
+        _mark(m, at["scales"] + s, range(4, 8), s, "min")
+    _two_bit_levels(m, at, 16)
+
+
+def _q3_k(m: BitMap, at: dict) -> None:
+    for s in range(16):
+        low = 4 * (s // 8)
+        _mark(m, at["scales"] + s % 8, range(low, low + 4), s, "scale")
+        high = 2 * (s // 4)
+        _mark(m, at["scales"] + 8 + s % 4, [high, high + 1], s, "scale")
+    _two_bit_levels(m, at, 16)
+    for i in range(256):
+        h, j, l = i // 128, (i % 128) // 32, i % 32
+        _mark(m, at["hmask"] + l, [4 * h + j], i // 16, "high", i)
+
+
+def _k4_scales(m: BitMap, at: dict) -> None:
+    """get_scale_min_k4: eight 6-bit scales and mins in 12 bytes."""
+    q = at["scales"]
+    for j in range(8):
+        if j < 4:
+            _mark(m, q + j, range(6), j, "scale")
+            _mark(m, q + j + 4, range(6), j, "min")
+        else:
+            _mark(m, q + j + 4, range(4), j, "scale")
+            _mark(m, q + j - 4, [6, 7], j, "scale")
+            _mark(m, q + j + 4, range(4, 8), j, "min")
+            _mark(m, q + j, [6, 7], j, "min")
+
+
+def _q4_k(m: BitMap, at: dict) -> None:
+    _k4_scales(m, at)
+    for i in range(256):
+        c, r = i // 64, i % 64
+        _mark(m, at["qs"] + 32 * c + r % 32, range(4) if r < 32 else range(4, 8), i // 32, "level", i)
+    if "qh" in at:  # Q5_K: the fifth bit of weight i is bit i // 32 of qh[i % 32]
+        for i in range(256):
+            _mark(m, at["qh"] + i % 32, [i // 32], i // 32, "high", i)
+
+
+def _q6_k(m: BitMap, at: dict) -> None:
+    for s in range(16):
+        _mark(m, at["scales"] + s, range(8), s, "scale")
+    for i in range(256):
+        h, k, l = i // 128, (i % 128) // 32, i % 32
+        low = 4 * (k >> 1)
+        _mark(m, at["ql"] + 64 * h + l + 32 * (k & 1), range(low, low + 4), i // 16, "level", i)
+        _mark(m, at["qh"] + 32 * h + l, [2 * k, 2 * k + 1], i // 16, "high", i)
+
+
+_BIT_FILLERS = {"Q4_0": (_legacy, 16), "Q4_1": (_legacy, 16), "Q5_0": (_legacy, 16), "Q5_1": (_legacy, 16),
+                "Q8_0": (_legacy, 16), "Q2_K": (_q2_k, 16), "Q3_K": (_q3_k, 16), "Q4_K": (_q4_k, 32),
+                "Q5_K": (_q4_k, 32), "Q6_K": (_q6_k, 16)}

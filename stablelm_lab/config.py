@@ -134,3 +134,56 @@ def _blocks_in(names) -> set[int]:
 
 def _ranges(numbers: set[int]) -> str:
     return f"blocks {min(numbers)} to {max(numbers)}" if numbers else "no blocks"
+
+
+#: StableLM-3B-4E1T as released (stabilityai/stablelm-3b-4e1t's config.json, which transformers' StableLmConfig
+#: takes as its defaults): the shape the workbook teaches, for when no 3B file is at hand.
+STABLELM_3B_4E1T = StableLMConfig(n_vocab=50304, n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=6912,
+                                  n_ctx=4096, n_rot=20, norm_eps=1e-5, rope_base=10000.0)
+
+
+def tensor_table(config: StableLMConfig, matrix_type=None, alignment: int = 32) -> list:
+    """The tensor table of a GGUF file holding a model of this shape, as llama.cpp's converter writes it:
+    matrices in ``matrix_type`` (F16 unless told), 1-D tensors (norms, biases) in F32, data aligned.
+
+        sum(t.n_elements for t in tensor_table(STABLELM_3B_4E1T))   # 2,795,443,200 weights
+    """
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    from .gguf_file import TensorInfo
+
+    matrix_type = GGMLQuantizationType.F16 if matrix_type is None else matrix_type
+    c, infos, offset = config, [], 0
+
+    def add(name: str, *shape: int) -> None:
+        nonlocal offset
+        qtype = matrix_type if len(shape) == 2 and "_norm" not in name else GGMLQuantizationType.F32
+        block_size, type_size = GGML_QUANT_SIZES[qtype]
+        nbytes = math.prod(shape) // block_size * type_size
+        infos.append(TensorInfo(name, tuple(shape), qtype, nbytes, offset))
+        offset += -(-nbytes // alignment) * alignment
+
+    kv_width = c.n_head_kv * c.head_dim
+    add("token_embd.weight", c.n_vocab, c.n_embd)
+    for i in range(c.n_layer):
+        blk = f"blk.{i}"
+        add(f"{blk}.attn_norm.weight", c.n_embd)
+        add(f"{blk}.attn_norm.bias", c.n_embd)
+        for role, rows in (("attn_q", c.n_embd), ("attn_k", kv_width), ("attn_v", kv_width)):
+            add(f"{blk}.{role}.weight", rows, c.n_embd)
+            if c.qkv_bias:
+                add(f"{blk}.{role}.bias", rows)
+        if c.qk_norm:
+            add(f"{blk}.attn_q_norm.weight", c.n_head, c.head_dim)
+            add(f"{blk}.attn_k_norm.weight", c.n_head_kv, c.head_dim)
+        add(f"{blk}.attn_output.weight", c.n_embd, c.n_embd)
+        if not c.parallel_residual:
+            add(f"{blk}.ffn_norm.weight", c.n_embd)
+            add(f"{blk}.ffn_norm.bias", c.n_embd)
+        add(f"{blk}.ffn_gate.weight", c.n_ff, c.n_embd)
+        add(f"{blk}.ffn_up.weight", c.n_ff, c.n_embd)
+        add(f"{blk}.ffn_down.weight", c.n_embd, c.n_ff)
+    add("output_norm.weight", c.n_embd)
+    add("output_norm.bias", c.n_embd)
+    add("output.weight", c.n_vocab, c.n_embd)
+    return infos

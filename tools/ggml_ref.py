@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib.util
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -24,6 +25,10 @@ _ROW_NAME.update({GGMLQuantizationType.Q2_K: "q2_K", GGMLQuantizationType.Q3_K: 
 
 @lru_cache(maxsize=1)
 def libggml_base() -> ctypes.CDLL:
+    """$GGML_BASE_LIB (a libggml-base.so, e.g. /work/llama/build/bin/libggml-base.so) when set, else the
+    one of the installed llama-cpp-python."""
+    if os.environ.get("GGML_BASE_LIB"):
+        return ctypes.CDLL(os.environ["GGML_BASE_LIB"])
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
         raise RuntimeError("llama-cpp-python is not installed: pip install --no-binary llama-cpp-python "
@@ -76,3 +81,26 @@ def dequantize_row(raw: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray:
     out = np.zeros(n, dtype=np.float32)
     _fn(f"dequantize_row_{_ROW_NAME[qtype]}")(raw.ctypes.data, out.ctypes.data, n)
     return out.reshape(*raw.shape[:-1], raw.shape[-1] // type_size * block_size)
+
+
+def quantize_chunk(x: np.ndarray, qtype: GGMLQuantizationType, imatrix: np.ndarray | None = None) -> np.ndarray:
+    """ggml_quantize_chunk(type, src, dst, 0, nrows, n_per_row, imatrix): what llama-quantize calls, with
+    an importance vector (float32 [n_per_row]) or none. Calls ggml_quantize_init(type) first, which the
+    i-quants need for their grids. float32 (nrows, n_per_row) -> uint8 (nrows, row bytes)."""
+    block_size, type_size = GGML_QUANT_SIZES[qtype]
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    out = np.zeros(x.size // block_size * type_size, dtype=np.uint8)
+    lib = libggml_base()
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    lib.ggml_quantize_init.restype = None
+    lib.ggml_quantize_init(qtype.value)
+    f = lib.ggml_quantize_chunk
+    f.restype = ctypes.c_size_t
+    f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                  ctypes.c_int64, ctypes.c_void_p]
+    weights = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
+    written = f(qtype.value, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
+                None if weights is None else weights.ctypes.data)
+    if written != out.size:
+        raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.size}")
+    return out.reshape(x.shape[0], -1)

@@ -6,16 +6,17 @@
     fmt.dequantize_reference(raw)   # the same, one readable block at a time
     fmt.dequantize_torch(tensor)    # the same in torch, on the tensor's device
     fmt.quantize(x)                 # llama.cpp's reference quantizer: float32 -> bytes
+    fmt.quantize(x, imatrix=v)      # the same weighted by an importance matrix (see weighted.py)
 """
 
 from __future__ import annotations
 
 from gguf import GGMLQuantizationType
 
-from . import floats, iq4, legacy, mxfp4, q2_k, q3_k, q4_k, q5_k, q6_k, ternary
+from . import floats, iq4, iquants, legacy, mxfp4, q2_k, q3_k, q4_k, q5_k, q6_k, ternary
 from .base import QuantFormat
 
-_MODULES = [floats, legacy, q2_k, q3_k, q4_k, q5_k, q6_k, iq4, ternary, mxfp4]
+_MODULES = [floats, legacy, q2_k, q3_k, q4_k, q5_k, q6_k, iquants, iq4, ternary, mxfp4]
 
 #: Every supported type, in ggml's type-id order, keyed by gguf.GGMLQuantizationType.
 FORMATS: dict[GGMLQuantizationType, QuantFormat] = dict(sorted(
@@ -47,9 +48,9 @@ def dequantize(raw, qtype):
     return get(qtype).dequantize(raw)
 
 
-def quantize(x, qtype):
-    """Shortcut for ``get(qtype).quantize(x)``."""
-    return get(qtype).quantize(x)
+def quantize(x, qtype, imatrix=None):
+    """Shortcut for ``get(qtype).quantize(x, imatrix)``."""
+    return get(qtype).quantize(x, imatrix)
 
 
 __all__ = ["FORMATS", "QuantFormat", "get", "names", "dequantize", "quantize"]

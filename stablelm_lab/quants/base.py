@@ -7,6 +7,7 @@ format's structured dtype, and offers the four public operations:
     fmt.dequantize(raw)             vectorized numpy over all blocks at once
     fmt.dequantize_torch(raw)       vectorized torch, on the tensor's device
     fmt.quantize(x)                 float32 rows -> bytes, the reference quantizer
+    fmt.quantize(x, imatrix)        the same, weighted by an importance matrix (weighted.py)
 
 Shapes follow gguf-py: uint8 ``[..., n_blocks * type_size]`` <-> float32 ``[..., n_blocks * block_size]``.
 
@@ -153,7 +154,21 @@ class QuantFormat:
                              f"{device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
                              f"{'' if out.is_contiguous() else ', not contiguous'}")
 
-    def quantize(self, x) -> np.ndarray:
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
+        """Encode with an importance matrix: float32 rows (m, n_per_row) and importance (n_per_row,)
+        -> structured array (m · n_per_row / block_size,). ggml's quantize_<type> with quant_weights.
+
+        The formats whose ggml quantizer reads quant_weights override this (see weighted.py); the
+        others (Q8_0, TQ1_0, TQ2_0, MXFP4, the floats) ignore the importance, as ggml does."""
+        return self.quantize_blocks(rows.reshape(-1, self.block_size))
+
+    def quantize(self, x, imatrix=None) -> np.ndarray:
+        """float32 rows (..., n_per_row) -> bytes, as ggml's quantize_<type>(src, dst, nrows, n_per_row,
+        imatrix) writes them (ggml_quantize_chunk, what llama-quantize calls).
+
+        imatrix: None, or the importance of each column, float32 (n_per_row,): the mean squared
+        activation that meets it (llama-quantize's in_sum2 / counts). With it the scale searches
+        minimize the error weighted by it (see weighted.py)."""
         if not self.can_quantize:
             raise NotImplementedError(f"{self.name} has no reference quantizer in ggml")
         x = np.asarray(x)
@@ -161,16 +176,23 @@ class QuantFormat:
             raise ValueError(f"{self.name} quantizes rows whose length is a multiple of {self.block_size}; "
                              f"got shape {x.shape}")
         x = np.ascontiguousarray(x, dtype=np.float32)
+        if imatrix is not None:
+            imatrix = check_importance(imatrix, x.shape[-1], self.name)
         with np.errstate(all="ignore"):
-            blocks = self.quantize_blocks(x.reshape(-1, self.block_size))
+            if imatrix is None:
+                blocks = self.quantize_blocks(x.reshape(-1, self.block_size))
+            else:
+                blocks = self.quantize_rows_weighted(x.reshape(-1, x.shape[-1]), imatrix)
         return blocks.view(np.uint8).reshape(*x.shape[:-1], x.shape[-1] // self.block_size * self.type_size)
 
-    def quantize_in_chunks(self, x: np.ndarray, encode, blocks_per_step: int) -> np.ndarray:
+    def quantize_in_chunks(self, x: np.ndarray, encode, blocks_per_step: int, *aligned) -> np.ndarray:
         """``encode`` (float32 (k, block_size) -> structured (k,)) over x, a step of blocks at a time,
-        so that the temporaries of a quantizer's searches stay small."""
+        so that the temporaries of a quantizer's searches stay small. ``aligned``: arrays with one row
+        per block of x (the weights of an importance matrix), cut into the same steps."""
         out = np.empty(len(x), self.block_dtype)
         for start in range(0, len(x), blocks_per_step):
-            out[start:start + blocks_per_step] = encode(x[start:start + blocks_per_step])
+            step = slice(start, start + blocks_per_step)
+            out[step] = encode(x[step], *(a[step] for a in aligned))
         return out
 
     # ---- shapes ------------------------------------------------------------------------------
@@ -235,6 +257,20 @@ class QuantFormat:
         elif base.kind == "i":
             data = data.view(torch.int8)
         return data[:, 0] if not shape else data
+
+
+def check_importance(importance, n_per_row: int, name: str) -> np.ndarray:
+    """The importance vector as float32 (n_per_row,), or one clear error."""
+    importance = np.asarray(importance)
+    if importance.shape != (n_per_row,):
+        raise ValueError(f"{name}: the importance vector must have one value per column of the rows, "
+                         f"shape ({n_per_row},); got shape {importance.shape}")
+    importance = importance.astype(np.float32)
+    if not np.isfinite(importance).all():
+        bad = int(np.flatnonzero(~np.isfinite(importance))[0])
+        raise ValueError(f"{name}: the importance vector holds a non-finite value at column {bad} "
+                         f"({importance[bad]}); llama.cpp refuses such an imatrix too")
+    return importance
 
 
 # ---- decode arithmetic ----------------------------------------------------------------------------

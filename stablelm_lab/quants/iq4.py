@@ -4,8 +4,9 @@
     IQ4_XS  136 bytes  d | scales_h | scales_l[4] | qs[128]     x = d · (ls - 32) · kvalues_iq4nl[q]
 
 kvalues_iq4nl = -127 -104 -83 -65 -49 -35 -22 -10 1 13 25 38 53 69 89 113: denser near zero, where most
-weights are, and asymmetric (no zero, one more value below than above). IQ4_NL lays out its 32 weights
-like Q4_0; IQ4_XS is a 256-weight super-block of eight such sub-blocks, each with a 6-bit scale ls.
+weights are, with no zero: eight negative and eight positive values (ggml-common.h), asymmetric in
+magnitude, not in count (-127 at one end, only 113 at the other). IQ4_NL lays out its 32 weights like
+Q4_0; IQ4_XS is a 256-weight super-block of eight such sub-blocks, each with a 6-bit scale ls.
 
 Encoding (quantize_row_iq4_nl_impl, with no importance matrix, so weight[j] = x[j]²): per 32-weight
 sub-block, map the signed largest weight to the codebook end, snap every weight to its nearest value
@@ -23,6 +24,7 @@ from .base import QuantFormat, f16, struct, u8
 from .bits import join_nibbles, lookup_rows
 from .cfloat import GROUP_MAX_EPS, inverse, sequential_sum, signed_absmax
 from .rounding import nearest_int
+from .weighted import importance_weights, sum_of_squares
 
 #: ggml-common.h's kvalues_iq4nl, indexed by the nibble.
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
@@ -77,13 +79,20 @@ class IQ4_NL(QuantFormat):
         return torch_decode_nibble_pairs(self.torch_field(blocks, "qs"), d, NIBBLE_VALUES,
                                          self.torch_weights_for(blocks, out))
 
-    def quantize_blocks(self, x):
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_iq4_nl with quant_weights: the same search, weighted by iq4_weights (always 7 tries)."""
+        x = rows.reshape(-1, 32)
+        weights = iq4_weights(x, np.broadcast_to(importance, rows.shape).reshape(-1, 32))
+        return IQ4_NL(ntry=7).quantize_blocks(x, weights)
+
+    def quantize_blocks(self, x, weights=None):
         d = np.empty(len(x), dtype=np.float32)
         nibbles = np.empty(x.shape, dtype=np.uint8)
         skipped = np.empty(len(x), dtype=bool)
         for start in range(0, len(x), SEARCH_CHUNK_WEIGHTS // 32):
             chunk = slice(start, start + SEARCH_CHUNK_WEIGHTS // 32)
-            d[chunk], nibbles[chunk], skipped[chunk] = _sub_block_scales(x[chunk], self.ntry)
+            d[chunk], nibbles[chunk], skipped[chunk] = _sub_block_scales(
+                x[chunk], self.ntry, None if weights is None else weights[chunk])
             if self.ntry > 0:
                 nibbles[chunk] = best_index_int8(inverse(d[chunk])[:, None] * x[chunk])
         if self.ntry <= 0:
@@ -147,10 +156,17 @@ class IQ4_XS(QuantFormat):
     def quantize_blocks(self, x):
         return self.quantize_in_chunks(x, self._quantize_super_blocks, SEARCH_CHUNK_WEIGHTS // 256)
 
-    def _quantize_super_blocks(self, x):
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_iq4_xs with quant_weights: the sub-block searches weighted by iq4_weights."""
+        x = rows.reshape(-1, 256)
+        weights = iq4_weights(x, np.broadcast_to(importance, rows.shape).reshape(-1, 256))
+        return self.quantize_in_chunks(x, self._quantize_super_blocks, SEARCH_CHUNK_WEIGHTS // 256, weights)
+
+    def _quantize_super_blocks(self, x, weights=None):
         n = len(x)
         sub_blocks = x.reshape(n * 8, 32)
-        scales = _sub_block_scales(sub_blocks, ntry=7)[0].reshape(n, 8)
+        sub_weights = None if weights is None else weights.reshape(n * 8, 32)
+        scales = _sub_block_scales(sub_blocks, ntry=7, weights=sub_weights)[0].reshape(n, 8)
         d = -signed_absmax(scales, axis=1) / np.float32(32)
         l = np.clip(nearest_int(inverse(d)[:, None] * scales), -32, 31)
         dl = d[:, None] * l.astype(np.float32)
@@ -163,6 +179,13 @@ class IQ4_XS(QuantFormat):
             axis=1, dtype=np.uint16)
         out["qs"] = join_nibbles(nibbles).reshape(n, 128)
         return out
+
+
+def iq4_weights(x: np.ndarray, importance: np.ndarray) -> np.ndarray:
+    """quantize_row_iq4_nl_impl's weights with quant_weights, for x (m, super_block_size):
+    qw·sqrt(sigma2 + x²), sigma2 = the sum of x² times 2/super_block_size (32 in IQ4_NL, 256 in IQ4_XS)."""
+    sigma2 = sum_of_squares(x) * np.float32(2 / x.shape[1])
+    return importance_weights(x, importance, sigma2)
 
 
 # ---- decode helpers ------------------------------------------------------------------------------
@@ -225,8 +248,9 @@ def _weighted_sums(x: np.ndarray, q: np.ndarray, weight: np.ndarray):
     return sequential_sum(wq * x), sequential_sum(wq * q)
 
 
-def _sub_block_scales(x: np.ndarray, ntry: int):
-    """The per-sub-block loop of quantize_row_iq4_nl_impl without quant_weights, on (m, 32) weights.
+def _sub_block_scales(x: np.ndarray, ntry: int, weights: np.ndarray | None = None):
+    """The per-sub-block loop of quantize_row_iq4_nl_impl on (m, 32) weights x; the squared errors
+    weighted by x² (no quant_weights) or by ``weights`` (m, 32) (see iq4_weights).
 
     Returns the scales d (m,), the nibbles of the first snapping (m, 32), and which sub-blocks were
     skipped (amax < GROUP_MAX_EPS: scale 0, nibbles not written). ntry > 0 starts from d = max/127 and
@@ -235,7 +259,7 @@ def _sub_block_scales(x: np.ndarray, ntry: int):
     amax_signed = signed_absmax(x, axis=1)
     skipped = np.abs(amax_signed) < GROUP_MAX_EPS
     xt = np.ascontiguousarray(x.T)                                          # (32, m)
-    weight = xt * xt
+    weight = xt * xt if weights is None else np.ascontiguousarray(weights.T)
     values0 = _VALUES[0]
     d = -amax_signed / values0 if ntry > 0 else amax_signed / values0
     nibbles = best_index_int8(np.float32(1) / d * xt)

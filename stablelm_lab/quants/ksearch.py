@@ -171,10 +171,15 @@ def requantize_levels(x: np.ndarray, d: np.ndarray, levels: np.ndarray, lowest: 
     return np.where(d != 0, new, levels).astype(np.uint8)
 
 
-def search_sub_blocks(x: np.ndarray, search, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+def search_sub_blocks(x: np.ndarray, search, nmax: int, weights: np.ndarray | None = None
+                      ) -> tuple[np.ndarray, np.ndarray]:
     """Run a symmetric scale search (make_qx_quants, make_q3_quants) on the 16 sub-blocks of 16 weights
-    of every super-block of x (n, 256): scales (n, 16) and levels (n, 16, 16) in 0..2·nmax-1."""
+    of every super-block of x (n, 256): scales (n, 16) and levels (n, 16, 16) in 0..2·nmax-1. With
+    weights (n, 256), the search minimizes the error weighted by them (make_qx_quants' qw)."""
     n = len(x)
     groups = np.ascontiguousarray(x.reshape(n * 16, 16).T)   # (16, n·16): element i of each sub-block
-    scales, levels = search(groups, nmax=nmax)
+    if weights is None:
+        scales, levels = search(groups, nmax=nmax)
+    else:
+        scales, levels = search(groups, nmax=nmax, weights=np.ascontiguousarray(weights.reshape(n * 16, 16).T))
     return scales.reshape(n, 16), levels.T.reshape(n, 16, 16)

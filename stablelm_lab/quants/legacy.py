@@ -19,6 +19,7 @@ from .base import QuantFormat, f16, i8, scale_levels, struct, u8
 from .bits import join_nibbles, split_nibbles, torch_nibbles
 from .cfloat import inverse, signed_absmax
 from .rounding import round_away_from_zero, truncate
+from .weighted import importance_weights, make_qkx3_quants, make_qx_quants, sum_of_squares
 
 
 # ---- the fifth bit of the 5-bit types ----------------------------------------------------------
@@ -47,6 +48,30 @@ def _torch_fifth_bits(qh):
     table = torch.from_numpy(_FIFTH_BITS_OF_BYTE).view(torch.int64).reshape(256).to(qh.device)
     bits = torch.index_select(table, 0, qh.reshape(-1).int()).view(torch.uint8)
     return bits.view(qh.shape[0], 32)                                 # byte b, bit s -> weight 8b + s
+
+
+# ---- with an importance matrix ----------------------------------------------------------------
+def block_weights(rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
+    """The weights of quantize_row_q4_0_impl (and q4_1, q5_0, q5_1): qw·sqrt(sigma2 + x²) with sigma2
+    the mean square of the whole row (``sum_x2/n_per_row``), as (m · n_per_row / 32, 32) blocks."""
+    sigma2 = sum_of_squares(rows) / np.float32(rows.shape[1])
+    return importance_weights(rows, importance, sigma2).reshape(-1, 32)
+
+
+def symmetric_weighted(rows: np.ndarray, importance: np.ndarray, nmax: int):
+    """Q4_0's and Q5_0's weighted encoder: make_qx_quants(32, nmax, xb, L, 1, weight) on every block.
+    Returns d (k,) and levels (k, 32) in 0..2·nmax-1 (0 for an all-zero block)."""
+    x = np.ascontiguousarray(rows.reshape(-1, 32).T)
+    weights = np.ascontiguousarray(block_weights(rows, importance).T)
+    d, levels = make_qx_quants(x, nmax, weights)
+    return d, levels.T.astype(np.uint8)
+
+
+def with_min_weighted(rows: np.ndarray, importance: np.ndarray, nmax: int):
+    """Q4_1's and Q5_1's weighted encoder: make_qkx3_quants(32, nmax, xb, weight, ...) on every block.
+    Returns d (k,), m (k,) (the block's min, <= 0) and levels (k, 32) in 0..nmax."""
+    scale, the_min, levels = make_qkx3_quants(rows.reshape(-1, 32), block_weights(rows, importance), nmax)
+    return scale, -the_min, levels
 
 
 class Q4_0(QuantFormat):
@@ -93,6 +118,14 @@ class Q4_0(QuantFormat):
         return out
 
 
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q4_0_impl: the scale of least weighted squared error (make_qx_quants), not max/-8."""
+        d, q = symmetric_weighted(rows, importance, nmax=8)
+        out = np.empty(len(d), self.block_dtype)
+        out["d"] = d
+        out["qs"] = join_nibbles(q)
+        return out
+
 class Q4_1(QuantFormat):
     """Q4_1: 32 weights in 20 bytes (5 bits per weight), with a min.
 
@@ -134,6 +167,14 @@ class Q4_1(QuantFormat):
         out["qs"] = join_nibbles(q.astype(np.uint8))
         return out
 
+
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q4_1_impl: scale and min of least weighted squared error (make_qkx3_quants)."""
+        d, m, q = with_min_weighted(rows, importance, nmax=15)
+        out = np.empty(len(d), self.block_dtype)
+        out["d"], out["m"] = d, m
+        out["qs"] = join_nibbles(q)
+        return out
 
 class Q5_0(QuantFormat):
     """Q5_0: 32 weights in 22 bytes (5.5 bits per weight), symmetric.
@@ -183,6 +224,15 @@ class Q5_0(QuantFormat):
         return out
 
 
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q5_0_impl: the scale of least weighted squared error (make_qx_quants)."""
+        d, q = symmetric_weighted(rows, importance, nmax=16)
+        out = np.empty(len(d), self.block_dtype)
+        out["d"] = d
+        out["qh"] = pack_fifth_bits(q)
+        out["qs"] = join_nibbles(q & 0x0F)
+        return out
+
 class Q5_1(QuantFormat):
     """Q5_1: 32 weights in 24 bytes (6 bits per weight), with a min.
 
@@ -230,6 +280,15 @@ class Q5_1(QuantFormat):
         out["qs"] = join_nibbles(q & 0x0F)
         return out
 
+
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q5_1_impl: scale and min of least weighted squared error (make_qkx3_quants)."""
+        d, m, q = with_min_weighted(rows, importance, nmax=31)
+        out = np.empty(len(d), self.block_dtype)
+        out["d"], out["m"] = d, m
+        out["qh"] = pack_fifth_bits(q)
+        out["qs"] = join_nibbles(q & 0x0F)
+        return out
 
 class Q8_0(QuantFormat):
     """Q8_0: 32 weights in 34 bytes (8.5 bits per weight).

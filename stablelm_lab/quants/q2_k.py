@@ -10,6 +10,7 @@ from .bits import bit_fields, torch_bit_fields
 from .cfloat import running_max
 from .ksearch import make_qkx2_quants, requantize_levels
 from .rounding import nearest_int
+from .weighted import k_quant_weights, make_qkx3_quants, make_qp_quants, sum_per_sub_block
 
 #: the four 2-bit fields of a byte, lowest first
 CRUMB_SHIFTS = np.array([0, 2, 4, 6], dtype=np.uint8).reshape(1, 1, 4, 1)
@@ -75,8 +76,25 @@ class Q2_K(QuantFormat):
         lm = np.where(max_min[:, None] > 0, _scale_byte(f32(15) / max_min[:, None] * mins), 0)
         d = np.where(max_scale > 0, max_scale / f32(15), f32(0)).astype(np.float16)
         dmin = np.where(max_min > 0, max_min / f32(15), f32(0)).astype(np.float16)
-        packed = (ls | (lm << 4)).astype(np.uint8)
+        return self._store(x, (ls | (lm << 4)).astype(np.uint8), d, dmin, levels)
 
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q2_K_impl: each sub-block's scale and min by make_qkx3_quants, weighted by
+        qw·sqrt(sigma2 + x²) (sigma2 = sumx2/256 of the super-block); then the 16 scales and the 16 mins
+        by make_qp_quants (4 bits), each sub-block weighted by the sum of its weights."""
+        x = rows.reshape(-1, 256)
+        n = len(x)
+        weights = k_quant_weights(x, np.broadcast_to(importance, rows.shape).reshape(-1, 256), 1)
+        sub, sub_weights = x.reshape(-1, 16), weights.reshape(-1, 16)
+        scales, mins, levels = make_qkx3_quants(sub, sub_weights, 3)
+        sw = sum_per_sub_block(sub_weights).reshape(n, 16).T
+        dm, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(n, 16).T), 15, sw)
+        mm, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(n, 16).T), 15, sw)
+        return self._store(x, ls.T | (lm.T << 4), dm.astype(np.float16), mm.astype(np.float16), levels)
+
+    def _store(self, x, packed, d, dmin, levels):
+        """The blocks, the levels chosen once more from the stored scales and mins."""
+        f32 = np.float32
         d_sub = d.astype(f32)[:, None] * (packed & 0xF).astype(f32)
         dm_sub = dmin.astype(f32)[:, None] * (packed >> 4).astype(f32)
         levels = requantize_levels(x.reshape(-1, 16, 16), d_sub, levels.reshape(-1, 16, 16), 0, 3, dm=dm_sub)

@@ -13,7 +13,9 @@ from .base import QK_K, QUANTIZE_CHUNK_BLOCKS, QuantFormat, f16, scale_levels, s
 from .bits import bit_fields, torch_bit_fields
 from .cfloat import GROUP_MAX_EPS, sequential_sum, signed_absmax
 from .ksearch import requantize_levels, search_sub_blocks
+from .q6_k import make_qx_quants
 from .rounding import nearest_int
+from .weighted import k_quant_weights, sum_per_sub_block
 
 
 # ---- sixteen 6-bit scales in 12 bytes -----------------------------------------------------------
@@ -179,7 +181,6 @@ class Q3_K(QuantFormat):
         return self.quantize_in_chunks(x, self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS)
 
     def _quantize_chunk(self, x):
-        n = len(x)
         sub_scales, L = search_sub_blocks(x, make_q3_quants, nmax=4)
 
         max_scale = signed_absmax(sub_scales, axis=1)
@@ -190,7 +191,27 @@ class Q3_K(QuantFormat):
         has_scale = max_scale != 0
         packed = np.where(has_scale[:, None], pack_scales(levels), np.uint8(0))
         d = np.where(has_scale, np.float32(1) / iscale, np.float32(0)).astype(np.float16)
+        return self._store(x, packed, d, L)
 
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q3_K_impl: each sub-block by make_qx_quants weighted by qw·sqrt(sigma2 + x²)
+        (sigma2 = 2·sumx2/256 of the super-block), not make_q3_quants; then the 16 scales themselves
+        by make_qx_quants (6 bits), each weighted by the sum of its sub-block's weights."""
+        importance = np.broadcast_to(importance, rows.shape).reshape(-1, QK_K)
+        return self.quantize_in_chunks(rows.reshape(-1, QK_K), self._quantize_weighted_chunk,
+                                       QUANTIZE_CHUNK_BLOCKS, importance)
+
+    def _quantize_weighted_chunk(self, x, importance):
+        n = len(x)
+        weights = k_quant_weights(x, importance, 2)
+        sub_scales, L = search_sub_blocks(x, make_qx_quants, nmax=4, weights=weights)
+        sw = sum_per_sub_block(weights.reshape(n * 16, 16)).reshape(n, 16)
+        d, levels = make_qx_quants(np.ascontiguousarray(sub_scales.T), 32, np.ascontiguousarray(sw.T))
+        return self._store(x, pack_scales(levels.T), d.astype(np.float16), L)
+
+    def _store(self, x, packed, d, L):
+        """The blocks, each level chosen once more from its stored scale."""
+        n = len(x)
         # Re-round each weight against its final scale; a sub-block whose scale came out 0 keeps its L.
         sc = unpack_scales(packed).astype(np.int8) - np.int8(32)
         dl = d.astype(np.float32)[:, None] * sc.astype(np.float32)

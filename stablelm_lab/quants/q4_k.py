@@ -11,6 +11,7 @@ from .cfloat import running_max, sequential_sum
 from .ksearch import (make_qkx2_quants, pack_scales_mins_k4, requantize_levels, scales_mins_k4,
                       sub_block_scale_min, unpack_scale_min_words)
 from .rounding import nearest_int
+from .weighted import k_quant_weights, make_qkx3_quants, make_qp_quants, sum_per_sub_block
 
 
 class Q4_K(QuantFormat):
@@ -51,8 +52,15 @@ class Q4_K(QuantFormat):
         return torch_decode_with_mins(self, blocks, levels, out)
 
     def quantize_blocks(self, x):
-        d, dmin, scales, levels = quantize_k4(x, nmax=15, rmin=-1.0, nstep=20)
-        out = np.empty(len(x), self.block_dtype)
+        return self._pack(*quantize_k4(x, nmax=15, rmin=-1.0, nstep=20))
+
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q4_K_impl with quant_weights (see quantize_k4_weighted)."""
+        importance = np.broadcast_to(importance, rows.shape).reshape(-1, 256)
+        return self._pack(*quantize_k4_weighted(rows.reshape(-1, 256), importance, nmax=15, cap_at_63=False))
+
+    def _pack(self, d, dmin, scales, levels):
+        out = np.empty(len(d), self.block_dtype)
         out["d"], out["dmin"], out["scales"] = d, dmin, scales
         out["qs"] = join_chunk_nibbles(levels)
         return out
@@ -117,13 +125,40 @@ def quantize_k4(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     lm = _six_bits(_inverse_of_max(max_min)[:, None] * mins)
     d = (max_scale / f32(63)).astype(np.float16)
     dmin = (max_min / f32(63)).astype(np.float16)
+    return store_k4(x, d, dmin, pack_scales_mins_k4(ls, lm), levels, nmax)
 
-    # the levels again, from the scale and min as the decoder will see them (ls, lm: what
-    # get_scale_min_k4 reads back from the packed bytes)
-    d_sub = d.astype(f32)[:, None] * ls.astype(f32)
-    dm_sub = dmin.astype(f32)[:, None] * lm.astype(f32)
+
+def quantize_k4_weighted(x: np.ndarray, importance: np.ndarray, nmax: int, cap_at_63: bool):
+    """quantize_row_q4_K_impl / q5_K_impl with quant_weights, without their bit packing.
+
+    x (n, 256), importance (n, 256) of each weight's column. Each sub-block's scale and min by
+    make_qkx3_quants, weighted by qw·sqrt(sigma2 + x²) (sigma2 = 2·sum_x2/256 of the super-block); the
+    eight scales and the eight mins then by make_qp_quants (6 bits), each sub-block weighted by the sum
+    of its weights. Q5_K caps the levels at 63 (``MIN(63, ls)``), Q4_K stores them as they come.
+    Returns what quantize_k4 returns.
+    """
+    n = len(x)
+    weights = k_quant_weights(x, importance, 2)
+    sub, sub_weights = x.reshape(-1, 32), weights.reshape(-1, 32)
+    scales, mins, levels = make_qkx3_quants(sub, sub_weights, nmax)
+    sw = sum_per_sub_block(sub_weights).reshape(n, 8).T
+    d, ls = make_qp_quants(np.ascontiguousarray(scales.reshape(n, 8).T), 63, sw)
+    dmin, lm = make_qp_quants(np.ascontiguousarray(mins.reshape(n, 8).T), 63, sw)
+    ls, lm = ls.T, lm.T
+    if cap_at_63:
+        ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
+    return store_k4(x, d.astype(np.float16), dmin.astype(np.float16), pack_scales_mins_k4(ls, lm), levels, nmax)
+
+
+def store_k4(x, d, dmin, packed, levels, nmax):
+    """The levels again, from the scale and min as the decoder will see them: d·sc and dmin·m with sc, m
+    what get_scale_min_k4 reads back from the packed bytes. Returns d, dmin, packed, levels (n, 8, 32)."""
+    f32 = np.float32
+    sc, m = scales_mins_k4(np.ascontiguousarray(packed))
+    d_sub = d.astype(f32)[:, None] * sc.astype(f32)
+    dm_sub = dmin.astype(f32)[:, None] * m.astype(f32)
     levels = requantize_levels(x.reshape(-1, 8, 32), d_sub, levels.reshape(-1, 8, 32), 0, nmax, dm=dm_sub)
-    return d, dmin, pack_scales_mins_k4(ls, lm), levels
+    return d, dmin, packed, levels
 
 
 def _inverse_of_max(max_value: np.ndarray) -> np.ndarray:

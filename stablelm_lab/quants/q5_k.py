@@ -8,8 +8,8 @@ from gguf import GGMLQuantizationType as T
 from .base import QuantFormat, f16, struct, u8
 from .bits import bit_fields, split_nibbles, torch_bit_fields
 from .ksearch import sub_block_scale_min
-from .q4_k import (decode_with_mins, join_chunk_nibbles, quantize_k4, torch_chunk_nibbles,
-                   torch_decode_with_mins)
+from .q4_k import (decode_with_mins, join_chunk_nibbles, quantize_k4, quantize_k4_weighted,
+                   torch_chunk_nibbles, torch_decode_with_mins)
 
 #: bit s of qh[l] is the fifth bit of weight l of sub-block s
 SUB_BLOCK_BITS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
@@ -56,8 +56,15 @@ class Q5_K(QuantFormat):
         return torch_decode_with_mins(self, blocks, q, out)
 
     def quantize_blocks(self, x):
-        d, dmin, scales, levels = quantize_k4(x, nmax=31, rmin=-0.5, nstep=15)
-        out = np.empty(len(x), self.block_dtype)
+        return self._pack(*quantize_k4(x, nmax=31, rmin=-0.5, nstep=15))
+
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q5_K_impl with quant_weights (see q4_k.quantize_k4_weighted)."""
+        importance = np.broadcast_to(importance, rows.shape).reshape(-1, 256)
+        return self._pack(*quantize_k4_weighted(rows.reshape(-1, 256), importance, nmax=31, cap_at_63=True))
+
+    def _pack(self, d, dmin, scales, levels):
+        out = np.empty(len(d), self.block_dtype)
         out["d"], out["dmin"], out["scales"] = d, dmin, scales
         out["qh"] = ((levels >> 4) << SUB_BLOCK_BITS).sum(axis=1, dtype=np.uint8)
         out["qs"] = join_chunk_nibbles(levels & 0xF)

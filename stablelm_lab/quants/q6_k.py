@@ -17,19 +17,20 @@ from .rounding import nearest_int
 
 
 # ---- the scale search ---------------------------------------------------------------------------
-def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """ggml's ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw=NULL)`` for many groups at once.
+def make_qx_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` for many groups at once.
 
-    x: float32 (n, groups), element i of every group in row i (so ``x[i]`` reads as in the C).
+    x: float32 (n, groups), element i of every group in row i (so ``x[i]`` reads as in the C);
+    weights: qw in the same layout, or None for C's qw = NULL, which weighs each element by x².
     Returns (scale (groups,), L (n, groups) in 0..2·nmax-1) with x ≈ scale · (L - nmax).
 
     The search: start from iscale = -nmax/max (max = the signed value of largest magnitude), then try
     the 18 scales -(nmax + 0.1·is)/max for is = -9..9, is != 0, keeping a candidate when it lowers the
-    error weighted by w = x² -- i.e. raises sumlx²/suml2, where sumlx = Σ w·x·l and suml2 = Σ w·l².
+    error weighted by w (x², or qw) -- i.e. raises sumlx²/suml2, where sumlx = Σ w·x·l and suml2 = Σ w·l².
     """
     max_value = signed_absmax(x, axis=0)
     all_zero = np.abs(max_value) < GROUP_MAX_EPS
-    w = x * x
+    w = x * x if weights is None else weights
     wx = w * x
 
     def quants(iscale):
@@ -124,9 +125,16 @@ class Q6_K(QuantFormat):
     def quantize_blocks(self, x):
         return self.quantize_in_chunks(x, self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS)
 
-    def _quantize_chunk(self, x):
+    def quantize_rows_weighted(self, rows, importance):
+        """quantize_row_q6_K_impl: make_qx_quants weighs each weight by its column's importance alone
+        (ggml left the sqrt(sigma2 + x²) factor of the other K-quants commented out here)."""
+        weights = np.broadcast_to(importance, rows.shape).reshape(-1, QK_K)
+        return self.quantize_in_chunks(rows.reshape(-1, QK_K), self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS,
+                                       weights)
+
+    def _quantize_chunk(self, x, weights=None):
         n = len(x)
-        sub_scales, L = search_sub_blocks(x, make_qx_quants, nmax=32)
+        sub_scales, L = search_sub_blocks(x, make_qx_quants, nmax=32, weights=weights)
 
         max_scale = signed_absmax(sub_scales, axis=1)
         zero_block = np.abs(max_scale) < GROUP_MAX_EPS
