@@ -41,9 +41,9 @@ def _need_browser():
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        reason = "playwright is not installed"
+        reason = "playwright is not installed (bin/setup installs it; or .venv/bin/pip install playwright)"
     else:
-        reason = None if Path(CHROMIUM).exists() else "chromium is not installed (apt-get install chromium)"
+        reason = None if Path(CHROMIUM).exists() else "chromium is not installed (sudo apt-get install chromium)"
     if reason and os.environ.get("CI"):
         pytest.fail(f"the browser test must run in CI: {reason}")
     if reason:

@@ -3,6 +3,7 @@
     .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b                  # F16, then Q4_K_M, Q8_0, Q4_0
     .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b --mixes Q4_K_M --layers 4
     .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b --mixes Q4_K_M --random-blocks   # seconds
+    .venv/bin/python tools/make_3b_gguf.py --out /tmp/3b --mixes Q4_K_M --random-blocks --layers 2 --tokenizer neox
 
 The shape is the real model's (2560 wide, 32 layers, 32 heads of 80, rotary on 20 of them, FFN 6912,
 vocab 50304, LayerNorm with bias, sequential residual). First an F16 file, as llama.cpp's converter writes
@@ -15,6 +16,10 @@ With --random-blocks no F16 file and no quantizer: each mix's file gets the type
 choose (``mixes.choose_type``), filled with random blocks of plausible scales (``bench.realistic_blocks``).
 Seconds instead of minutes, for load and speed measurements where a fresh machine has little time (the
 weights then mean nothing; the logits still agree between runs on the same file).
+
+--tokenizer: "placeholder" (default) writes numbered tokens, enough for llama.cpp to load the file; "neox"
+a small working GPT-NeoX-style BPE (the tests' ``ggufmaker.train_neox_tokenizer``), so that text goes in
+and out as in the real model (tests/test_notebooks_other_files.py runs the notebooks on such a file).
 """
 
 from __future__ import annotations
@@ -48,11 +53,16 @@ def stablelm_3b_spec(n_layer: int = 32) -> ggufmaker.TinySpec:
                               n_ctx=4096, n_rot=20, norm_eps=1e-5, rope_base=10000.0)
 
 
-def start_file(path: Path, spec: ggufmaker.TinySpec, table: list[tuple]) -> GGUFWriter:
+def start_file(path: Path, spec: ggufmaker.TinySpec, table: list[tuple], tokenizer: str = "placeholder") -> GGUFWriter:
     """A writer that has written the metadata and the tensor table (GGUFWriter.add_tensor_info's
     arguments for each tensor); the data follows one tensor at a time."""
     writer = GGUFWriter(str(path), "stablelm")
-    ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
+    if tokenizer == "neox":
+        ggufmaker.add_metadata(writer, spec, tokenizer=ggufmaker.train_neox_tokenizer(1000))
+    elif tokenizer == "placeholder":
+        ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
+    else:
+        raise ValueError(f"tokenizer {tokenizer!r}: choose 'placeholder' or 'neox'")
     for name, shape, dtype, nbytes, raw_dtype in table:
         writer.add_tensor_info(name, shape, dtype, nbytes, raw_dtype=raw_dtype)
     writer.write_header_to_file()
@@ -61,12 +71,12 @@ def start_file(path: Path, spec: ggufmaker.TinySpec, table: list[tuple]) -> GGUF
     return writer
 
 
-def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
+def write_f16(path: Path, spec: ggufmaker.TinySpec, tokenizer: str = "placeholder") -> Path:
     """The F16 file, written tensor by tensor: the table first (names, shapes, sizes), then the data."""
     shapes = ggufmaker.weight_shapes(spec)
     dtypes = {name: np.dtype(converter_type(name, shape)) for name, shape in shapes.items()}
     writer = start_file(path, spec, [(name, shape, dtypes[name], int(np.prod(shape)) * dtypes[name].itemsize, None)
-                                     for name, shape in shapes.items()])
+                                     for name, shape in shapes.items()], tokenizer)
     from tqdm import tqdm
 
     for name, w in tqdm(ggufmaker.random_weight_stream(spec), total=len(shapes), desc="F16 tensors"):
@@ -75,12 +85,12 @@ def write_f16(path: Path, spec: ggufmaker.TinySpec) -> Path:
     return path
 
 
-def write_random_blocks(path: Path, spec: ggufmaker.TinySpec, mix: str) -> Path:
+def write_random_blocks(path: Path, spec: ggufmaker.TinySpec, mix: str, tokenizer: str = "placeholder") -> Path:
     """The mix's types for every tensor, as random blocks; norms near 1, biases near 0 (float32)."""
     rules, model = get_mix(mix), ModelShape(spec.n_layer, spec.n_head // spec.n_head_kv)
     choices = [choose_type(TensorInfo(name, shape, T.F32, 0, 0), rules, model)
                for name, shape in ggufmaker.weight_shapes(spec).items()]
-    writer = start_file(path, spec, [(c.name, c.shape, np.float32, c.nbytes, c.qtype) for c in choices])
+    writer = start_file(path, spec, [(c.name, c.shape, np.float32, c.nbytes, c.qtype) for c in choices], tokenizer)
     rng = np.random.default_rng(spec.seed)
     for i, c in enumerate(choices):
         if c.qtype == T.F32:
@@ -106,6 +116,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="mixes quantized at once")
     parser.add_argument("--random-blocks", action="store_true",
                         help="write each mix directly, as random blocks of its types (no F16, no quantizer)")
+    parser.add_argument("--tokenizer", choices=("placeholder", "neox"), default="placeholder",
+                        help="numbered placeholder tokens (enough for llama.cpp), or a small working BPE")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -113,13 +125,13 @@ def main() -> None:
         for mix in filter(None, args.mixes.split(",")):
             start = time.perf_counter()
             dst = write_random_blocks(out / f"stablelm-3b-shaped-{args.layers}L-random-blocks.{mix}.gguf",
-                                      stablelm_3b_spec(args.layers), mix)
+                                      stablelm_3b_spec(args.layers), mix, args.tokenizer)
             print(f"{dst}: {dst.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s")
         return
     f16 = out / f"stablelm-3b-shaped-{args.layers}L.F16.gguf"
     if not f16.exists():
         start = time.perf_counter()
-        write_f16(f16.with_suffix(".part"), stablelm_3b_spec(args.layers)).rename(f16)
+        write_f16(f16.with_suffix(".part"), stablelm_3b_spec(args.layers), args.tokenizer).rename(f16)
         print(f"{f16}: {f16.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s")
     mixes = [m for m in args.mixes.split(",") if m]
     with ProcessPoolExecutor(args.jobs) as pool:
