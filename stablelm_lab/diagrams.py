@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from . import viz  # noqa: F401  (importing viz sets the renderer that stores a PNG beside each figure)
 from .anatomy import bit_map
 from .quants import QuantFormat
 
