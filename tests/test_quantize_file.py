@@ -14,7 +14,6 @@ types, sizes and metadata, and blocks that differ within that bound.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from stablelm_lab.quantize_file import llama_order, quantize_gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_golden_mixes  # noqa: E402
+from golden_files import fail_unless_same_file, sha256  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "mixes"
 GOLDEN = json.loads((GOLDEN_DIR / "mixes.json").read_text())
@@ -36,10 +36,6 @@ GOLDEN = json.loads((GOLDEN_DIR / "mixes.json").read_text())
 #: take another path: the F32 source, and each fallback type (Q4_0, Q5_0, Q5_1, Q8_0) of its 288-wide rows.
 CASES = [("stablelm16", mix) for mix in MIXES] + [("gqa12", mix) for mix in ["Q4_0", "Q2_K", "Q4_K_S", "Q4_K_M",
                                                                              "Q5_K_S"]]
-
-
-def sha256(data) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -73,13 +69,7 @@ def test_sources_are_the_ones_llama_cpp_quantized(sources, model):
 @pytest.mark.parametrize("model, mix", CASES)
 def test_output_is_llama_quantizes_file_byte_for_byte(outputs, model, mix):
     path, golden = outputs[model, mix], GOLDEN["models"][model]["mixes"][mix]
-    if sha256(np.fromfile(path, np.uint8)) == golden["file_sha256"]:
-        return
-    g = GGUFFile(path)
-    ours = {t.name: f"{t.qtype.name} {t.nbytes} {sha256(g.raw(t.name))[:16]}" for t in g.tensors}
-    wrong = {n: (ours.get(n), r) for n, r in golden["tensors"].items() if ours.get(n) != r}
-    pytest.fail(f"{model} {mix}: the file differs from llama.cpp's (size {path.stat().st_size} vs "
-                f"{golden['file_size']}); tensors (ours, llama.cpp): {wrong or 'all equal: metadata or order'}")
+    fail_unless_same_file(path, golden, f"{model} {mix}")
 
 
 def test_whole_tensors_block_by_block(outputs):

@@ -10,7 +10,6 @@ tools/make_golden_imatrix.py from llama.cpp built without FMA contraction (see t
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -26,14 +25,11 @@ from stablelm_lab.quantize_file import quantize_gguf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_golden_mixes  # noqa: E402
+from golden_files import fail_unless_same_file, sha256  # noqa: E402
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "quantize_imatrix"
 ROW_HASHES = json.loads((GOLDEN_DIR / "rows.json").read_text())
 WEIGHTED = list(ROW_HASHES)
-
-
-def sha256(data) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
 
 
 def sha256_prefix(data: np.ndarray) -> str:
@@ -156,13 +152,7 @@ def test_the_imatrix_rule_shows_in_the_golden_files(source):
 def test_output_is_llama_quantize_imatrix_file_byte_for_byte(source, imatrix, mix, tmp_path):
     path, golden = tmp_path / f"{mix}.gguf", MIXES_GOLDEN["mixes"][mix]
     quantize_with_imatrix(source, path, mix, imatrix)
-    if sha256(np.fromfile(path, np.uint8)) == golden["file_sha256"]:
-        return
-    g = GGUFFile(path)
-    ours = {t.name: f"{t.qtype.name} {t.nbytes} {sha256(g.raw(t.name))[:16]}" for t in g.tensors}
-    wrong = {n: (ours.get(n), r) for n, r in golden["tensors"].items() if ours.get(n) != r}
-    pytest.fail(f"{mix}: the file differs from llama-quantize --imatrix's (size {path.stat().st_size} vs "
-                f"{golden['file_size']}); tensors (ours, llama.cpp): {wrong or 'all equal: metadata'}")
+    fail_unless_same_file(path, golden, f"{mix} with an imatrix (llama-quantize --imatrix)")
 
 
 def test_imatrix_metadata_appended_after_the_file_type(source, imatrix, tmp_path):
