@@ -25,7 +25,6 @@ The tests read these files only; they never need llama.cpp.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -39,6 +38,7 @@ from gguf import GGMLQuantizationType as T, GGUFReader, GGUFWriter
 sys.path.insert(0, str(Path(__file__).parent))
 import ggml_ref  # noqa: E402
 import make_golden_mixes  # noqa: E402
+from make_golden_mixes import sha256  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "quantize_imatrix"
@@ -64,10 +64,6 @@ def importance_vectors(n: int = 512) -> dict[str, np.ndarray]:
         "one_zero": one_zero,
         "lognormal": rng.lognormal(0.0, 2.0, n),              # the spread of real activations
     }.items()}
-
-
-def sha256(data) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
 
 
 def row_goldens(vectors: dict[str, np.ndarray]) -> dict:
