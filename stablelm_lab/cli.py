@@ -59,8 +59,11 @@ def _message(e: Exception) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description=__doc__.split("\n\n")[0],
-                     epilog="Run `stablelm-lab COMMAND --help` for the options of each command.")
+    parser = _Parser(
+        prog=PROG,
+        description=__doc__.split("\n\n")[0],
+        epilog="Run `stablelm-lab COMMAND --help` for the options of each command.",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("inspect", help="metadata, tensor table with types, bits per weight")
@@ -74,15 +77,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--npy", metavar="OUT", help="save the float32 values to this .npy file")
     p.set_defaults(run=cmd_dequant)
 
-    from .mixes import MIXES
+    from .mixes.rules import MIXES
 
     p = sub.add_parser("quantize", help="quantize a StableLM GGUF with one of llama.cpp's mixes")
     p.add_argument("src", help="the input, best F16 or F32")
     p.add_argument("dst", help="the output file")
     p.add_argument("mix", help=f"one of {', '.join(MIXES)}")
     p.add_argument("--allow-requantize", action="store_true", help="allow a quantized input (errors compound)")
-    p.add_argument("--imatrix", metavar="FILE", help="weigh each column by this importance matrix "
-                   "(llama-imatrix's .gguf or legacy .dat, or `stablelm-lab imatrix`'s)")
+    p.add_argument(
+        "--imatrix",
+        metavar="FILE",
+        help="weigh each column by this importance matrix "
+        "(llama-imatrix's .gguf or legacy .dat, or `stablelm-lab imatrix`'s)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_quantize)
 
@@ -90,8 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="the model, best F16 or F32")
     p.add_argument("text", help="a text file (llama-imatrix -f)")
     p.add_argument("-o", "--output", required=True, help="the imatrix GGUF file to write")
-    p.add_argument("-c", "--chunk-size", type=int, default=None,
-                   help="tokens per chunk (llama-imatrix -c; default 512, or the model's context if shorter)")
+    p.add_argument(
+        "-c",
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="tokens per chunk (llama-imatrix -c; default 512, or the model's context if shorter)",
+    )
     p.add_argument("--chunks", type=int, default=None, help="use only the first N chunks")
     p.add_argument("--process-output", action="store_true", help="collect output.weight too")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -125,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_compare)
 
     p = sub.add_parser("bench", help="dequantization speed of every format, as ratios to gguf-py")
-    from .bench import add_dequant_arguments
+    from .analysis.bench import add_dequant_arguments
 
     add_dequant_arguments(p)
     p.set_defaults(run=cmd_bench)
@@ -136,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_inspect(args) -> None:
     from gguf import LlamaFileType
 
-    from .gguf_file import GGUFFile
+    from .container.gguf_file import GGUFFile
 
     g = GGUFFile(args.file)
     size = Path(args.file).stat().st_size
@@ -145,19 +157,25 @@ def cmd_inspect(args) -> None:
         file_type = f"{LlamaFileType(file_type).name} ({file_type})"
     except ValueError:
         pass
-    print(f"{args.file}: {size / 1e6:.2f} MB, architecture {g.architecture}, file type {file_type}, "
-          f"{len(g.tensors)} tensors, {len(g.metadata)} metadata keys")
+    print(
+        f"{args.file}: {size / 1e6:.2f} MB, architecture {g.architecture}, file type {file_type}, "
+        f"{len(g.tensors)} tensors, {len(g.metadata)} metadata keys"
+    )
     print("\nmetadata:")
     for key, value in g.metadata.items():
         print(f"  {key} = {_short(value, args.all_metadata)}")
     print("\ntensors:")
-    rows = [(t.name, t.qtype.name, "x".join(map(str, t.shape)), f"{t.nbytes:,}", f"{t.bits_per_weight:.4g}")
-            for t in g.tensors]
+    rows = [
+        (t.name, t.qtype.name, "x".join(map(str, t.shape)), f"{t.nbytes:,}", f"{t.bits_per_weight:.4g}")
+        for t in g.tensors
+    ]
     print(_table(["name", "type", "shape", "bytes", "bits/weight"], rows, indent=2))
     n_weights, n_bytes = sum(t.n_elements for t in g.tensors), sum(t.nbytes for t in g.tensors)
     by_type = Counter(t.qtype.name for t in g.tensors)
-    print(f"\n{n_weights:,} weights in {n_bytes:,} tensor bytes: {8 * n_bytes / n_weights:.4f} bits per weight; "
-          + ", ".join(f"{n} {name}" for name, n in by_type.most_common()))
+    print(
+        f"\n{n_weights:,} weights in {n_bytes:,} tensor bytes: {8 * n_bytes / n_weights:.4f} bits per weight; "
+        + ", ".join(f"{n} {name}" for name, n in by_type.most_common())
+    )
 
 
 def _short(value, full: bool) -> str:
@@ -170,62 +188,85 @@ def _short(value, full: bool) -> str:
 def cmd_dequant(args) -> None:
     import numpy as np
 
-    from .gguf_file import GGUFFile
-    from .tensor_stats import nonfinite_blocks
+    from .analysis.tensor_stats import nonfinite_blocks
+    from .container.gguf_file import GGUFFile
 
     g = GGUFFile(args.file)
     info = g.tensor_info.get(args.tensor)
     if info is None:
         close = [n for n in g.tensor_info if args.tensor in n][:5]
-        raise KeyError(f"{args.file} has no tensor {args.tensor!r}" + (f"; did you mean {', '.join(close)}?"
-                                                                       if close else ""))
+        raise KeyError(
+            f"{args.file} has no tensor {args.tensor!r}" + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
     w = g.dequantize(args.tensor)
     finite = w[np.isfinite(w)].astype(np.float64)
-    print(f"{info.name}: {info.qtype.name}, shape {'x'.join(map(str, info.shape))}, {info.nbytes:,} bytes, "
-          f"{info.bits_per_weight:.4g} bits per weight")
-    stats = [("min", finite.min()), ("max", finite.max()), ("mean", finite.mean()), ("std", finite.std()),
-             ("rms", np.sqrt(np.mean(finite ** 2))), ("max |w|", np.abs(finite).max())]
+    print(
+        f"{info.name}: {info.qtype.name}, shape {'x'.join(map(str, info.shape))}, {info.nbytes:,} bytes, "
+        f"{info.bits_per_weight:.4g} bits per weight"
+    )
+    stats = [
+        ("min", finite.min()),
+        ("max", finite.max()),
+        ("mean", finite.mean()),
+        ("std", finite.std()),
+        ("rms", np.sqrt(np.mean(finite**2))),
+        ("max |w|", np.abs(finite).max()),
+    ]
     print("  " + ", ".join(f"{name} {value:.6g}" for name, value in stats))
-    print(f"  zeros {np.mean(w == 0):.2%}, distinct values {len(np.unique(w)):,}, "
-          f"non-finite blocks {len(nonfinite_blocks(g.raw(args.tensor), info.qtype))}")
+    print(
+        f"  zeros {np.mean(w == 0):.2%}, distinct values {len(np.unique(w)):,}, "
+        f"non-finite blocks {len(nonfinite_blocks(g.raw(args.tensor), info.qtype))}"
+    )
     if args.npy:
         np.save(args.npy, w)
         print(f"  saved float32 {w.shape} to {args.npy}")
 
 
 def cmd_quantize(args) -> None:
-    from .mixes import mix_size
-    from .quantize_file import quantize_gguf
+    from .mixes.quantize_file import quantize_gguf
+    from .mixes.rules import mix_size
 
     extra = {}
     if args.imatrix:
-        from .imatrix import imatrix_arguments
+        from .analysis.imatrix import imatrix_arguments
 
         extra = imatrix_arguments(args.imatrix, args.src)
-    choices = quantize_gguf(args.src, args.dst, args.mix, allow_requantize=args.allow_requantize,
-                            progress=not args.quiet, **extra)
+    choices = quantize_gguf(
+        args.src, args.dst, args.mix, allow_requantize=args.allow_requantize, progress=not args.quiet, **extra
+    )
     n_bytes, bpw = mix_size(choices)
     by_type = Counter(c.qtype.name for c in choices)
-    print(f"wrote {args.dst}: {Path(args.dst).stat().st_size / 1e6:.2f} MB "
-          f"(from {Path(args.src).stat().st_size / 1e6:.2f} MB), {bpw:.4f} bits per weight; "
-          + ", ".join(f"{n} {name}" for name, n in by_type.most_common()))
+    print(
+        f"wrote {args.dst}: {Path(args.dst).stat().st_size / 1e6:.2f} MB "
+        f"(from {Path(args.src).stat().st_size / 1e6:.2f} MB), {bpw:.4f} bits per weight; "
+        + ", ".join(f"{n} {name}" for name, n in by_type.most_common())
+    )
 
 
 def cmd_imatrix(args) -> None:
-    from .imatrix import collect_imatrix, save_imatrix
+    from .analysis.imatrix import collect_imatrix, save_imatrix
 
     text = Path(args.text).read_text(encoding="utf-8")
-    imat = collect_imatrix(args.file, text, chunk_size=args.chunk_size, n_chunks=args.chunks,
-                           process_output=args.process_output, datasets=[args.text], progress=not args.quiet)
+    imat = collect_imatrix(
+        args.file,
+        text,
+        chunk_size=args.chunk_size,
+        n_chunks=args.chunks,
+        process_output=args.process_output,
+        datasets=[args.text],
+        progress=not args.quiet,
+    )
     save_imatrix(imat, args.output)
     n_tokens = max(int(c.max()) for c in imat.counts.values())
-    print(f"wrote {args.output}: {len(imat)} matrices, {imat.chunk_count} chunks of {imat.chunk_size} tokens "
-          f"({n_tokens} tokens)")
+    print(
+        f"wrote {args.output}: {len(imat)} matrices, {imat.chunk_count} chunks of {imat.chunk_size} tokens "
+        f"({n_tokens} tokens)"
+    )
 
 
 def cmd_explain_mix(args) -> None:
-    from .gguf_file import GGUFFile
-    from .mixes import explain_mix, get_mix, mix_size
+    from .container.gguf_file import GGUFFile
+    from .mixes.rules import explain_mix, get_mix, mix_size
 
     g = GGUFFile(args.file)
     mix = get_mix(args.mix)
@@ -233,27 +274,38 @@ def cmd_explain_mix(args) -> None:
     rows = [(c.name, "x".join(map(str, c.shape)), c.source_type.name, c.qtype.name, c.rule) for c in choices]
     print(_table(["tensor", "shape", "now", mix.name, "rule"], rows))
     n_bytes, bpw = mix_size(choices)
-    print(f"\n{mix.name}: {n_bytes:,} tensor bytes, {bpw:.4f} bits per weight "
-          f"(now {sum(t.nbytes for t in g.tensors):,} bytes)")
+    print(
+        f"\n{mix.name}: {n_bytes:,} tensor bytes, {bpw:.4f} bits per weight "
+        f"(now {sum(t.nbytes for t in g.tensors):,} bytes)"
+    )
 
 
 def cmd_generate(args) -> None:
-    from .generate import generate
     from .model import StableLM
-    from .tokenizer import load_tokenizer
+    from .text.generate import generate
+    from .text.tokenizer import load_tokenizer
 
     model, tokenizer = StableLM.from_gguf(args.file), load_tokenizer(args.file)
     print(args.prompt, end="", flush=True)
-    for piece in generate(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
-                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k or None,
-                          do_sample=not args.greedy, seed=args.seed, stream=True):
+    for piece in generate(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k or None,
+        do_sample=not args.greedy,
+        seed=args.seed,
+        stream=True,
+    ):
         print(piece, end="", flush=True)
     print()
 
 
 def cmd_compare(args) -> None:
-    from .gguf_file import GGUFFile
-    from .metrics import kl_divergence, tensor_error
+    from .analysis.metrics import kl_divergence, tensor_error
+    from .container.gguf_file import GGUFFile
 
     a, b = GGUFFile(args.file_a), GGUFFile(args.file_b)
     rows, skipped = [], []
@@ -263,8 +315,9 @@ def cmd_compare(args) -> None:
             skipped.append(t.name)
             continue
         err = tensor_error(a.dequantize(t.name), b.dequantize(t.name))
-        rows.append((t.name, t.qtype.name, other.qtype.name, f"{err.rmse:.4g}", f"{err.snr_db:.2f}",
-                     f"{err.max_abs:.4g}"))
+        rows.append(
+            (t.name, t.qtype.name, other.qtype.name, f"{err.rmse:.4g}", f"{err.snr_db:.2f}", f"{err.max_abs:.4g}")
+        )
     print(_table(["tensor", "type A", "type B", "RMSE", "SNR dB", "max |err|"], rows))
     if skipped:
         print(f"\nnot compared (missing from B or another shape): {', '.join(skipped)}")
@@ -275,8 +328,10 @@ def cmd_compare(args) -> None:
         print("\nno text for the KL divergence: give --text or --text-file")
         return
     kld = kl_divergence(args.file_a, args.file_b, text, n_ctx=args.n_ctx)
-    print(f"\nKL divergence of B from A (A = base), {len(kld.per_position)} tokens in {kld.n_chunks} chunks "
-          f"of {kld.n_ctx}:\n")
+    print(
+        f"\nKL divergence of B from A (A = base), {len(kld.per_position)} tokens in {kld.n_chunks} chunks "
+        f"of {kld.n_ctx}:\n"
+    )
     print(kld.report())
 
 
@@ -286,7 +341,7 @@ def _compare_text(args) -> str | None:
     if args.text_file is not None:
         return Path(args.text_file).read_text(encoding="utf-8")
     try:
-        from .default_model import held_out_text
+        from .container.default_model import held_out_text
 
         return held_out_text()
     except (ImportError, OSError):
@@ -294,7 +349,7 @@ def _compare_text(args) -> str | None:
 
 
 def cmd_bench(args) -> None:
-    from .bench import run_dequant
+    from .analysis.bench import run_dequant
 
     print(run_dequant(args))
 

@@ -11,11 +11,12 @@ StableLmForCausalLM holding the very weights gguf-py decodes from the file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFReader, GGUFWriter, TokenType
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFWriter, TokenType
+from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 
 WEIGHT_STD = 0.05
@@ -24,15 +25,15 @@ WEIGHT_STD = 0.05
 @dataclass(frozen=True)
 class TinySpec:
     n_vocab: int = 512
-    n_embd: int = 256          # a multiple of 256, so K-quants apply to every matrix
+    n_embd: int = 256  # a multiple of 256, so K-quants apply to every matrix
     n_layer: int = 2
-    n_head: int = 4            # head_dim 64
+    n_head: int = 4  # head_dim 64
     n_head_kv: int = 2
     n_ff: int = 512
     n_ctx: int = 256
-    n_rot: int = 16            # 0.25 of head_dim, as in StableLM-3B-4E1T
+    n_rot: int = 16  # 0.25 of head_dim, as in StableLM-3B-4E1T
     norm_eps: float = 1e-5
-    rope_base: float | None = None   # None: key absent (llama.cpp then uses 10000)
+    rope_base: float | None = None  # None: key absent (llama.cpp then uses 10000)
     parallel_residual: bool = False
     qkv_bias: bool = False
     qk_norm: bool = False
@@ -52,12 +53,21 @@ def random_weights(spec: TinySpec) -> dict[str, np.ndarray]:
 def weight_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
     """Every tensor's name and shape, in the order the converter writes them."""
     d, hd, kv = spec.n_embd, spec.head_dim, spec.n_head_kv * spec.head_dim
-    shapes = {"token_embd.weight": (spec.n_vocab, d), "output_norm.weight": (d,), "output_norm.bias": (d,),
-              "output.weight": (spec.n_vocab, d)}
+    shapes = {
+        "token_embd.weight": (spec.n_vocab, d),
+        "output_norm.weight": (d,),
+        "output_norm.bias": (d,),
+        "output.weight": (spec.n_vocab, d),
+    }
     for i in range(spec.n_layer):
         p = f"blk.{i}."
-        shapes |= {p + "attn_norm.weight": (d,), p + "attn_norm.bias": (d,),
-                   p + "attn_q.weight": (d, d), p + "attn_k.weight": (kv, d), p + "attn_v.weight": (kv, d)}
+        shapes |= {
+            p + "attn_norm.weight": (d,),
+            p + "attn_norm.bias": (d,),
+            p + "attn_q.weight": (d, d),
+            p + "attn_k.weight": (kv, d),
+            p + "attn_v.weight": (kv, d),
+        }
         if spec.qkv_bias:
             shapes |= {p + "attn_q.bias": (d,), p + "attn_k.bias": (kv,), p + "attn_v.bias": (kv,)}
         if spec.qk_norm:  # the converter stacks the per-head norms: (n_head, head_dim)
@@ -65,8 +75,11 @@ def weight_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
         shapes[p + "attn_output.weight"] = (d, d)
         if not spec.parallel_residual:
             shapes |= {p + "ffn_norm.weight": (d,), p + "ffn_norm.bias": (d,)}
-        shapes |= {p + "ffn_gate.weight": (spec.n_ff, d), p + "ffn_up.weight": (spec.n_ff, d),
-                   p + "ffn_down.weight": (d, spec.n_ff)}
+        shapes |= {
+            p + "ffn_gate.weight": (spec.n_ff, d),
+            p + "ffn_up.weight": (spec.n_ff, d),
+            p + "ffn_down.weight": (d, spec.n_ff),
+        }
     return shapes
 
 
@@ -92,8 +105,10 @@ def all_f32(name: str, shape) -> T:
 
 def uniform(qtype: T):
     """Every matrix in qtype, 1-D tensors and norms in F32 (as llama-quantize does)."""
+
     def choose(name: str, shape) -> T:
         return qtype if len(shape) == 2 and "_norm" not in name else T.F32
+
     return choose
 
 
@@ -114,14 +129,24 @@ def every_type_mix(types):
         if len(shape) < 2 or "_norm" in name:
             return T.F32
         return types[next(counter) % len(types)]
+
     return choose
 
 
 # Where each block of a type without a numpy quantizer in gguf-py keeps its float16 scales
 # (byte offsets from the C structs in ggml-common.h). Random bytes with these scales set to
 # finite values make valid blocks; gguf-py decodes them for the reference.
-F16_SCALE_OFFSETS = {T.Q2_K: (80, 82), T.Q3_K: (108,), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
-                     T.Q6_K: (208,), T.IQ4_NL: (0,), T.IQ4_XS: (0,), T.TQ1_0: (52,), T.TQ2_0: (64,)}
+F16_SCALE_OFFSETS = {
+    T.Q2_K: (80, 82),
+    T.Q3_K: (108,),
+    T.Q4_K: (0, 2),
+    T.Q5_K: (0, 2),
+    T.Q6_K: (208,),
+    T.IQ4_NL: (0,),
+    T.IQ4_XS: (0,),
+    T.TQ1_0: (52,),
+    T.TQ2_0: (64,),
+}
 
 
 def encode(w: np.ndarray, qtype: T, rng: np.random.Generator) -> np.ndarray:
@@ -141,7 +166,7 @@ def random_blocks(shape, qtype: T, rng: np.random.Generator) -> np.ndarray:
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     rows, cols = shape
     blocks = rng.integers(0, 256, size=(rows * cols // block_size, type_size), dtype=np.uint8)
-    scales = [blocks[:, o:o + 2].view(np.float16) for o in F16_SCALE_OFFSETS[qtype]]
+    scales = [blocks[:, o : o + 2].view(np.float16) for o in F16_SCALE_OFFSETS[qtype]]
     for s in scales:
         s[:] = rng.uniform(0.5, 1.0, size=s.shape).astype(np.float16)
     raw = blocks.reshape(rows, -1)
@@ -152,8 +177,15 @@ def random_blocks(shape, qtype: T, rng: np.random.Generator) -> np.ndarray:
 
 
 # ---- writing a file --------------------------------------------------------------------------
-def write_gguf(path, spec: TinySpec = TinySpec(), types=all_f32, weights=None, tokenizer=None,
-               tokenizer_pre: str | None = "olmo", architecture: str = "stablelm") -> Path:
+def write_gguf(
+    path,
+    spec: TinySpec = TinySpec(),
+    types=all_f32,
+    weights=None,
+    tokenizer=None,
+    tokenizer_pre: str | None = "olmo",
+    architecture: str = "stablelm",
+) -> Path:
     """Write a StableLM GGUF as llama.cpp's converter does; ``types(name, shape)`` picks each tensor's type.
 
     ``tokenizer``: a ``tokenizers.Tokenizer`` (written as the converter writes it), "placeholder" (numbered
@@ -198,13 +230,16 @@ def add_metadata(writer: GGUFWriter, spec: TinySpec, tokenizer=None, tokenizer_p
 # ---- tokenizer: a GPT-NeoX-style byte-level BPE, written as the converter writes it ----------
 NEOX_SPECIALS = ["<|endoftext|>", "<|padding|>"]
 WHITESPACE_RUNS = [" " * n for n in range(24, 1, -1)]  # GPT-NeoX-20B's added tokens 50254..50276
-TRAINING_TEXT = """\
+TRAINING_TEXT = (
+    """\
 The quick brown fox jumps over the lazy dog. It's 2024, and we'll see what they've done.
 def forward(self, x):\n    return self.proj(x) + 1234 * 5678\n\tif x is None:\n\t\tpass
 Café, naïve, résumé, Zürich, São Paulo, Ångström, crème brûlée. Ünïcödé everywhere!
 日本語のテキストと中文文本, 한국어 텍스트, русский текст, ελληνικά, עברית, العربية.
 Emoji 😀🚀🎉 and math ∑ ∫ √ ≤ ≥ ≠ ∞. Numbers: 3.14159, 2,718, 1e-5, 0x1F, 100%.
-""" * 3
+"""
+    * 3
+)
 
 
 def train_neox_tokenizer(vocab_size: int = 400):
@@ -216,8 +251,12 @@ def train_neox_tokenizer(vocab_size: int = 400):
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=NEOX_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=NEOX_SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(TRAINING_TEXT.splitlines(), trainer=trainer)
     tok.add_tokens([AddedToken(ws, normalized=True, special=False) for ws in WHITESPACE_RUNS])
     return tok
@@ -283,10 +322,17 @@ def hf_name(name: str) -> str:
     top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
     if parts[0] in top:
         return f"{top[parts[0]]}.{parts[1]}"
-    layer = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-             "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-             "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-             "ffn_down": "mlp.down_proj"}
+    layer = {
+        "attn_norm": "input_layernorm",
+        "ffn_norm": "post_attention_layernorm",
+        "attn_q": "self_attn.q_proj",
+        "attn_k": "self_attn.k_proj",
+        "attn_v": "self_attn.v_proj",
+        "attn_output": "self_attn.o_proj",
+        "ffn_gate": "mlp.gate_proj",
+        "ffn_up": "mlp.up_proj",
+        "ffn_down": "mlp.down_proj",
+    }
     return f"model.layers.{parts[1]}.{layer[parts[2]]}.{parts[3]}"
 
 
@@ -296,13 +342,27 @@ def transformers_model(path, spec: TinySpec):
     from transformers import StableLmConfig, StableLmForCausalLM
 
     config = StableLmConfig(
-        vocab_size=spec.n_vocab, hidden_size=spec.n_embd, intermediate_size=spec.n_ff,
-        num_hidden_layers=spec.n_layer, num_attention_heads=spec.n_head, num_key_value_heads=spec.n_head_kv,
-        max_position_embeddings=spec.n_ctx, layer_norm_eps=spec.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_base or 10000.0,
-                         "partial_rotary_factor": spec.n_rot / spec.head_dim},
-        use_parallel_residual=spec.parallel_residual, use_qkv_bias=spec.qkv_bias, qk_layernorm=spec.qk_norm,
-        tie_word_embeddings=False, attn_implementation="eager", bos_token_id=None, eos_token_id=None)
+        vocab_size=spec.n_vocab,
+        hidden_size=spec.n_embd,
+        intermediate_size=spec.n_ff,
+        num_hidden_layers=spec.n_layer,
+        num_attention_heads=spec.n_head,
+        num_key_value_heads=spec.n_head_kv,
+        max_position_embeddings=spec.n_ctx,
+        layer_norm_eps=spec.norm_eps,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": spec.rope_base or 10000.0,
+            "partial_rotary_factor": spec.n_rot / spec.head_dim,
+        },
+        use_parallel_residual=spec.parallel_residual,
+        use_qkv_bias=spec.qkv_bias,
+        qk_layernorm=spec.qk_norm,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     model = StableLmForCausalLM(config).eval()
     state = {}
     for name, w in read_back(path).items():

@@ -23,5 +23,7 @@ def fail_unless_same_file(path, golden: dict, what: str) -> None:
     g = GGUFFile(path)
     ours = {t.name: f"{t.qtype.name} {t.nbytes} {sha256(g.raw(t.name))[:16]}" for t in g.tensors}
     wrong = {n: (ours.get(n), r) for n, r in golden["tensors"].items() if ours.get(n) != r}
-    pytest.fail(f"{what}: the file differs from llama.cpp's (size {path.stat().st_size} vs "
-                f"{golden['file_size']}); tensors (ours, llama.cpp): {wrong or 'all equal: metadata or order'}")
+    pytest.fail(
+        f"{what}: the file differs from llama.cpp's (size {path.stat().st_size} vs "
+        f"{golden['file_size']}); tensors (ours, llama.cpp): {wrong or 'all equal: metadata or order'}"
+    )

@@ -17,18 +17,20 @@ Two kinds of damage:
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFReader, GGUFValueType as V, GGUFWriter
 
 import ggufmaker
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFWriter
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFValueType as V
 
 # A StableLM small enough that a test can cut it at every byte of its header: one block, Q8_0 matrices.
-SMALL_SPEC = ggufmaker.TinySpec(n_vocab=64, n_embd=64, n_layer=1, n_head=2, n_head_kv=1, n_ff=128, n_ctx=64,
-                                n_rot=16, qkv_bias=True)
+SMALL_SPEC = ggufmaker.TinySpec(
+    n_vocab=64, n_embd=64, n_layer=1, n_head=2, n_head_kv=1, n_ff=128, n_ctx=64, n_rot=16, qkv_bias=True
+)
 
 
 def small_valid_file(path) -> Path:
@@ -44,7 +46,7 @@ class Layout:
         self.data = Path(path).read_bytes()
         self.data_offset = int(reader.data_offset)
         self.keys = [name for name in reader.fields if not name.startswith("GGUF.")]
-        self.key_at = {k: int(reader.fields[k].offset) for k in self.keys}          # the key's name length
+        self.key_at = {k: int(reader.fields[k].offset) for k in self.keys}  # the key's name length
         self.value_at = {k: self.key_at[k] + 8 + len(k.encode()) + 4 for k in self.keys}  # after its type
         self.tensors = [t.name for t in reader.tensors]
         self.tensor_at = {t.name: int(t.field.offset) for t in reader.tensors}
@@ -58,7 +60,7 @@ class Layout:
         return self.value_at[key] - 4
 
     def with_bytes(self, at: int, new: bytes) -> bytes:
-        return self.data[:at] + new + self.data[at + len(new):]
+        return self.data[:at] + new + self.data[at + len(new) :]
 
     def with_value(self, at: int, fmt: str, value) -> bytes:
         return self.with_bytes(at, struct.pack(fmt, value))
@@ -91,6 +93,7 @@ def byte_case(name: str, error: str):
     def register(make: ByteCase) -> ByteCase:
         BYTE_CASES[name], BYTE_CASE_ERRORS[name] = make, error
         return make
+
     return register
 
 
@@ -151,8 +154,10 @@ def _(lay):
     return lay.with_value(at, "<Q", 2**40), at + 8
 
 
-@byte_case("number array count past the end",
-           r"the 1099511627776 items of array 'tokenizer.ggml.token_type' at byte \d+ needs 4398046511104 bytes")
+@byte_case(
+    "number array count past the end",
+    r"the 1099511627776 items of array 'tokenizer.ggml.token_type' at byte \d+ needs 4398046511104 bytes",
+)
 def _(lay):
     at = lay.value_at["tokenizer.ggml.token_type"] + 4
     return lay.with_value(at, "<Q", 2**40), at + 8
@@ -164,8 +169,9 @@ def _(lay):
     return lay.with_value(at, "<Q", 2**40), at + 8
 
 
-@byte_case("unknown value type",
-           r"the value type of key 'stablelm.block_count' at byte \d+ is 13, not a GGUF value type")
+@byte_case(
+    "unknown value type", r"the value type of key 'stablelm.block_count' at byte \d+ is 13, not a GGUF value type"
+)
 def _(lay):
     at = lay.value_type_at("stablelm.block_count")
     return lay.with_value(at, "<I", 13), at
@@ -300,7 +306,7 @@ def _(lay):
 @byte_case("tensor data cut short", r"needs bytes \d+ to \d+, but the file ends at byte \d+ \(a truncated download")
 def _(lay):
     last = max(lay.tensors, key=lambda n: lay.offset[n])
-    return lay.data[:lay.data_offset + lay.offset[last] + 1], lay.tensor_at[last]
+    return lay.data[: lay.data_offset + lay.offset[last] + 1], lay.tensor_at[last]
 
 
 # ---- model cases: well-formed GGUF, but not a StableLM we can build --------------------------------
@@ -312,10 +318,13 @@ class FileContent:
     tensors: dict
 
     @classmethod
-    def read(cls, path) -> "FileContent":
+    def read(cls, path) -> FileContent:
         reader = GGUFReader(str(path))
-        keys = {name: (f.contents(), f.types[0], f.types[-1] if f.types[0] == V.ARRAY else None)
-                for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+        keys = {
+            name: (f.contents(), f.types[0], f.types[-1] if f.types[0] == V.ARRAY else None)
+            for name, f in reader.fields.items()
+            if not name.startswith("GGUF.")
+        }
         tensors = {t.name: (np.array(t.data), t.tensor_type) for t in reader.tensors}
         return cls(keys, tensors)
 
@@ -337,8 +346,8 @@ class FileContent:
 @dataclass(frozen=True)
 class ModelCase:
     change: Callable[[FileContent], None]
-    error: str                    # a regex the GGUFError message must match
-    when: str = "model"           # "model": StableLM.from_gguf fails; "open": GGUFFile() already fails
+    error: str  # a regex the GGUFError message must match
+    when: str = "model"  # "model": StableLM.from_gguf fails; "open": GGUFFile() already fails
 
     def write(self, valid_path, path) -> Path:
         content = FileContent.read(valid_path)
@@ -362,6 +371,7 @@ def _reshape(name, rows):
     def change(c):
         data, qtype = c.tensors[name]
         c.tensors[name] = (data.reshape(rows, -1), qtype)
+
     return change
 
 
@@ -369,16 +379,19 @@ def _flatten(name):
     def change(c):
         data, qtype = c.tensors[name]
         c.tensors[name] = (data.reshape(-1), qtype)
+
     return change
 
 
 def _random_bytes_as(name, qtype):
     """The tensor, same shape, as random blocks of another type."""
+
     def change(c):
         data, old_type = c.tensors[name]
         (old_block, old_size), (block, size) = GGML_QUANT_SIZES[old_type], GGML_QUANT_SIZES[qtype]
         row_bytes = data.shape[1] // old_size * old_block // block * size
         c.tensors[name] = (np.random.default_rng(0).integers(0, 256, (data.shape[0], row_bytes), np.uint8), qtype)
+
     return change
 
 
@@ -391,52 +404,67 @@ def _long_tensor_name(c):
 
 
 MODEL_CASES: dict[str, ModelCase] = {
-    "missing block_count": ModelCase(
-        _drop_key("stablelm.block_count"), r"lacks the metadata key stablelm.block_count"),
+    "missing block_count": ModelCase(_drop_key("stablelm.block_count"), r"lacks the metadata key stablelm.block_count"),
     "missing layer_norm_epsilon": ModelCase(
         _drop_key("stablelm.attention.layer_norm_epsilon"),
-        r"lacks the metadata key stablelm.attention.layer_norm_epsilon"),
+        r"lacks the metadata key stablelm.attention.layer_norm_epsilon",
+    ),
     "block_count a string": ModelCase(
-        _set("block_count", "two", V.STRING), r"stablelm.block_count is 'two', not an integer >= 1"),
+        _set("block_count", "two", V.STRING), r"stablelm.block_count is 'two', not an integer >= 1"
+    ),
     "block_count a bool": ModelCase(
-        _set("block_count", True, V.BOOL), r"stablelm.block_count is True, not an integer >= 1"),
+        _set("block_count", True, V.BOOL), r"stablelm.block_count is True, not an integer >= 1"
+    ),
     "head_count zero": ModelCase(
-        _set("attention.head_count", 0), r"stablelm.attention.head_count is 0, not an integer >= 1"),
+        _set("attention.head_count", 0), r"stablelm.attention.head_count is 0, not an integer >= 1"
+    ),
     "epsilon NaN": ModelCase(
         _set("attention.layer_norm_epsilon", float("nan"), V.FLOAT32),
-        r"layer_norm_epsilon is nan, not a positive finite number"),
+        r"layer_norm_epsilon is nan, not a positive finite number",
+    ),
     "rope base negative": ModelCase(
-        _set("rope.freq_base", -1.0, V.FLOAT32), r"stablelm.rope.freq_base is -1.0, not a positive finite number"),
+        _set("rope.freq_base", -1.0, V.FLOAT32), r"stablelm.rope.freq_base is -1.0, not a positive finite number"
+    ),
     "block_count too large": ModelCase(
-        _set("block_count", 10**9), r"block_count is 1000000000, but the tensor table only has blocks 0 to 0"),
+        _set("block_count", 10**9), r"block_count is 1000000000, but the tensor table only has blocks 0 to 0"
+    ),
     "embedding_length contradicts token_embd": ModelCase(
-        _set("embedding_length", 128), r"embedding_length is 128, but token_embd.weight rows have 64 weights"),
+        _set("embedding_length", 128), r"embedding_length is 128, but token_embd.weight rows have 64 weights"
+    ),
     "head_count does not divide the width": ModelCase(
-        _set("attention.head_count", 3), r"embedding_length 64 is not a multiple of the head count 3"),
+        _set("attention.head_count", 3), r"embedding_length 64 is not a multiple of the head count 3"
+    ),
     "head_count_kv does not divide head_count": ModelCase(
-        _set("attention.head_count_kv", 3), r"head count 2 is not a multiple of the KV head count 3"),
+        _set("attention.head_count_kv", 3), r"head count 2 is not a multiple of the KV head count 3"
+    ),
     "odd rotary count": ModelCase(
-        _set("rope.dimension_count", 15), r"rope.dimension_count is 15: rotary needs an even count"),
-    "rotary wider than a head": ModelCase(
-        _set("rope.dimension_count", 64), r"no larger than the head size 32"),
+        _set("rope.dimension_count", 15), r"rope.dimension_count is 15: rotary needs an even count"
+    ),
+    "rotary wider than a head": ModelCase(_set("rope.dimension_count", 64), r"no larger than the head size 32"),
     "missing tensor": ModelCase(
-        _drop_tensor("blk.0.ffn_up.weight"), r"lacks tensors a StableLM needs: blk.0.ffn_up.weight"),
-    "missing token_embd": ModelCase(
-        _drop_tensor("token_embd.weight"), r"has no token_embd.weight tensor"),
+        _drop_tensor("blk.0.ffn_up.weight"), r"lacks tensors a StableLM needs: blk.0.ffn_up.weight"
+    ),
+    "missing token_embd": ModelCase(_drop_tensor("token_embd.weight"), r"has no token_embd.weight tensor"),
     "tensor shape contradicts the config": ModelCase(
         _reshape("blk.0.ffn_up.weight", 64),
-        r"tensor blk.0.ffn_up.weight has shape \(64, 128\), the config says \(128, 64\)"),
+        r"tensor blk.0.ffn_up.weight has shape \(64, 128\), the config says \(128, 64\)",
+    ),
     "token_embd one-dimensional": ModelCase(
-        _flatten("token_embd.weight"), r"token_embd.weight has shape \(\d+,\), not \(n_vocab, n_embd\)"),
+        _flatten("token_embd.weight"), r"token_embd.weight has shape \(\d+,\), not \(n_vocab, n_embd\)"
+    ),
     "tensor type stablelm_lab cannot decode": ModelCase(
         _random_bytes_as("blk.0.attn_q.weight", T.Q8_1),
-        r"'blk.0.attn_q.weight' is stored as Q8_1, which stablelm_lab cannot decode"),
+        r"'blk.0.attn_q.weight' is stored as Q8_1, which stablelm_lab cannot decode",
+    ),
     "alignment not a power of two": ModelCase(
-        _alignment(48, V.UINT32), r"general.alignment \(at byte \d+\) is 48, not a power of two", when="open"),
+        _alignment(48, V.UINT32), r"general.alignment \(at byte \d+\) is 48, not a power of two", when="open"
+    ),
     "alignment of the wrong type": ModelCase(
-        _alignment(32, V.UINT64), r"general.alignment \(at byte \d+\) must be a UINT32, not UINT64", when="open"),
+        _alignment(32, V.UINT64), r"general.alignment \(at byte \d+\) must be a UINT32, not UINT64", when="open"
+    ),
     "tensor name too long": ModelCase(
-        _long_tensor_name, r"tensor name 'x+'... at byte \d+ is 80 bytes long; ggml allows at most 63", when="open"),
+        _long_tensor_name, r"tensor name 'x+'... at byte \d+ is 80 bytes long; ggml allows at most 63", when="open"
+    ),
 }
 
 
@@ -458,11 +486,11 @@ def mutate(data: bytes, rng: np.random.Generator, header_end: int) -> bytes:
         return bytes(out)
     if kind == "extreme":
         n = int(rng.choice([4, 8]))
-        return data[:at] + struct.pack("<Q", INTERESTING_U64[rng.integers(len(INTERESTING_U64))])[:n] + data[at + n:]
+        return data[:at] + struct.pack("<Q", INTERESTING_U64[rng.integers(len(INTERESTING_U64))])[:n] + data[at + n :]
     if kind == "insert":
         return data[:at] + rng.bytes(int(rng.integers(1, 9))) + data[at:]
     if kind == "delete":
-        return data[:at] + data[at + int(rng.integers(1, 9)):]
+        return data[:at] + data[at + int(rng.integers(1, 9)) :]
     if kind == "truncate":
         return data[:at]
     return data + rng.bytes(int(rng.integers(1, 4096)))

@@ -55,10 +55,10 @@ def split_plotly_html(html: str) -> tuple[str, list]:
     for match in _NEW_PLOT.finditer(html):
         if match.start() < pos:
             continue
-        pieces.append(html[pos:match.end()])
+        pieces.append(html[pos : match.end()])
         pos = match.end()
         args = []
-        while True:                                   # data, layout, config: JSON values separated by commas
+        while True:  # data, layout, config: JSON values separated by commas
             try:
                 value, end = decoder.raw_decode(html, pos)
             except json.JSONDecodeError:
@@ -88,6 +88,7 @@ def _is_typed_array(value) -> bool:
 
 def _numeric_list(value) -> np.ndarray | None:
     """A rectangular (nested) list of plain numbers as a float array, or None when it holds anything else."""
+
     def is_number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -98,7 +99,7 @@ def _numeric_list(value) -> np.ndarray | None:
         return None
     try:
         return np.array(value, dtype=np.float64)
-    except ValueError:                                # ragged
+    except ValueError:  # ragged
         return None
 
 
@@ -111,8 +112,7 @@ def _arrays_close(a: np.ndarray, b: np.ndarray, where: str, rtol: float) -> str 
         return None
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     finite = np.isfinite(a64)
-    if not np.array_equal(finite, np.isfinite(b64)) or not np.array_equal(a64[~finite], b64[~finite],
-                                                                             equal_nan=True):
+    if not np.array_equal(finite, np.isfinite(b64)) or not np.array_equal(a64[~finite], b64[~finite], equal_nan=True):
         return f"{where}: NaN or infinity at other places"
     if not finite.any():
         return None
@@ -158,8 +158,9 @@ def _diff(ref, test, where: str, rtol: float) -> str | None:
     return None
 
 
-def tolerant_outputs(ref_outputs: list, test_outputs: list, rtol: float = RTOL,
-                     sanitize=lambda text: text) -> tuple[list, list[str]]:
+def tolerant_outputs(
+    ref_outputs: list, test_outputs: list, rtol: float = RTOL, sanitize=lambda text: text
+) -> tuple[list, list[str]]:
     """`test_outputs` with each plotly payload that matches its stored twin within tolerance replaced by the
     stored one, so an exact comparison afterwards passes on noise; and the reasons for those that differ."""
     problems = []
@@ -169,13 +170,13 @@ def tolerant_outputs(ref_outputs: list, test_outputs: list, rtol: float = RTOL,
         refs = [o for o in ref_outputs if mime in o.get("data", {})]
         tests = [o for o in result if mime in o.get("data", {})]
         if len(refs) != len(tests):
-            continue                                   # nbval reports the different counts itself
+            continue  # nbval reports the different counts itself
         for r, t in zip(refs, tests):
             a, b = r["data"][mime], t["data"][mime]
             if mime == HTML:
                 a, b = _text(a), _text(b)
                 if "Plotly.newPlot" not in a:
-                    continue                           # plain HTML: nbval compares it exactly
+                    continue  # plain HTML: nbval compares it exactly
             problem = match(a, b, rtol)
             if problem is None:
                 t["data"][mime] = r["data"][mime]

@@ -12,23 +12,25 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import ggufmaker
+import malformed
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as T, GGUFReader, GGUFValueType as V, GGUFWriter
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader, GGUFWriter
+from gguf import GGUFValueType as V
 from gguf import quants as gguf_quants
 
-import ggufmaker
-import malformed
-from stablelm_lab import GGUFError, GGUFFile, StableLM, load_tokenizer, quants
-from stablelm_lab.tensor_stats import nonfinite_blocks
+from stablelm_lab import GGUFError, GGUFFile, StableLM, StableLMConfig, load_tokenizer, quants
+from stablelm_lab.analysis.tensor_stats import nonfinite_blocks
 
 GOLDEN = Path(__file__).parent / "golden"
 FUZZ_CASES = 300
 FUZZ_SEED = 20240607
 MAX_SECONDS_PER_CASE = 2.0
-MAX_TRACED_BYTES = 64 << 20    # numpy and Python allocations while opening and decoding one case
-MAX_RSS_GROWTH = 200 << 20     # the whole fuzz run, torch included
+MAX_TRACED_BYTES = 64 << 20  # numpy and Python allocations while opening and decoding one case
+MAX_RSS_GROWTH = 200 << 20  # the whole fuzz run, torch included
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,8 @@ def test_our_reader_agrees_with_gguf_py_on_valid_files(path):
         assert g.metadata[key] == field.contents(), key
     assert g.alignment == theirs.alignment and g._reader.data_offset == theirs.data_offset
     assert [(t.name, t.qtype, t.nbytes, t.offset) for t in g.tensors] == [
-        (t.name, t.tensor_type, t.n_bytes, t.data_offset) for t in theirs.tensors]
+        (t.name, t.tensor_type, t.n_bytes, t.data_offset) for t in theirs.tensors
+    ]
 
 
 def test_gguf_error_is_a_value_error_with_an_offset():
@@ -186,8 +189,10 @@ def test_fuzz(base, tmp_path, one_torch_thread):
         stats[outcome] += 1
         worst_seconds, worst_traced = max(worst_seconds, seconds), max(worst_traced, traced)
     rss_growth = _peak_rss() - rss_before
-    print(f"\nfuzz: {FUZZ_CASES} cases {dict(stats)}; slowest {worst_seconds * 1e3:.1f} ms, "
-          f"peak traced {worst_traced / 2**20:.1f} MiB, peak RSS growth {rss_growth / 2**20:.1f} MiB")
+    print(
+        f"\nfuzz: {FUZZ_CASES} cases {dict(stats)}; slowest {worst_seconds * 1e3:.1f} ms, "
+        f"peak traced {worst_traced / 2**20:.1f} MiB, peak RSS growth {rss_growth / 2**20:.1f} MiB"
+    )
     assert rss_growth < MAX_RSS_GROWTH
     assert stats["refused: GGUFError"] > FUZZ_CASES // 10 and stats["model built"] > FUZZ_CASES // 10
 
@@ -225,8 +230,9 @@ def _peak_rss() -> int:
 # ---- read-only ---------------------------------------------------------------------------------------
 def test_no_operation_modifies_the_file(tmp_path):
     spec = dataclasses.replace(malformed.SMALL_SPEC, n_vocab=512)  # room for a real BPE tokenizer
-    path = ggufmaker.write_gguf(tmp_path / "ro.gguf", spec, types=ggufmaker.uniform(T.Q8_0),
-                                tokenizer=ggufmaker.train_neox_tokenizer())
+    path = ggufmaker.write_gguf(
+        tmp_path / "ro.gguf", spec, types=ggufmaker.uniform(T.Q8_0), tokenizer=ggufmaker.train_neox_tokenizer()
+    )
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # an mtime in the past, so any write would show
     original = (path.read_bytes(), path.stat().st_mtime_ns)
 
@@ -235,7 +241,7 @@ def test_no_operation_modifies_the_file(tmp_path):
 
     g = GGUFFile(path)
     unchanged()
-    g.metadata, g.config, g.tensors
+    g.metadata, StableLMConfig.from_gguf(g), g.tensors
     unchanged()
     for info in g.tensors:
         raw = g.raw(info.name)

@@ -32,8 +32,13 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 TOKEN = "stablelm-lab-test"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 CONTROLS = ".widget-dropdown select, .widget-slider .noUi-handle"
 
 
@@ -85,8 +90,8 @@ def lab(tmp_path_factory):
     _need_browser()
     root = tmp_path_factory.mktemp("lab")
     shutil.copytree(ROOT / "notebooks", root / "notebooks")  # JupyterLab autosaves: never touch the originals
-    shutil.copytree(ROOT / "notebooks", root / "notebooks" / "stored")   # as a learner opens them first
-    for path in (root / "notebooks").glob("*.ipynb"):         # cleared, so a numbered prompt means it ran here
+    shutil.copytree(ROOT / "notebooks", root / "notebooks" / "stored")  # as a learner opens them first
+    for path in (root / "notebooks").glob("*.ipynb"):  # cleared, so a numbered prompt means it ran here
         nb = json.loads(path.read_text())
         for cell in nb["cells"]:
             if cell["cell_type"] == "code":
@@ -94,20 +99,40 @@ def lab(tmp_path_factory):
         path.write_text(json.dumps(nb))
     config = root / "jupyter-config"
     (config / "labconfig").mkdir(parents=True)
-    (config / "labconfig" / "page_config.json").write_text(json.dumps(
-        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    (config / "labconfig" / "page_config.json").write_text(
+        json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
+    )
     # every cell drawn, not only those on screen (JupyterLab's windowing), so a test can count outputs
     settings = root / "lab-settings" / "@jupyterlab" / "notebook-extension"
     settings.mkdir(parents=True)
     (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     port = _free_port()
     # the live kernels need no stored pictures (kaleido's Chromium would cost seconds per notebook)
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(config), "STABLELM_PICTURES": "0",
-           "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings")}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(config),
+        "STABLELM_PICTURES": "0",
+        "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings"),
+    }
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--no-browser", "--ip", "127.0.0.1",
-         "--port", str(port), f"--ServerApp.token={TOKEN}", f"--ServerApp.root_dir={root / 'notebooks'}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--allow-root",
+            "--no-browser",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            f"--ServerApp.token={TOKEN}",
+            f"--ServerApp.root_dir={root / 'notebooks'}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -231,13 +256,17 @@ def test_notebook_runs_and_every_control_moves_its_figure(lab, browser, shots, n
             """() => {
                 const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
                 return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-            }""", timeout=300_000)
+            }""",
+            timeout=300_000,
+        )
         _no_error_shown(page, notebook)
         controls = page.locator(CONTROLS)
         for i in range(controls.count()):
             control = controls.nth(i)
-            if control.evaluate("e => getComputedStyle(e.closest('.widget-slider, .widget-dropdown')).display")\
-                    == "none":
+            if (
+                control.evaluate("e => getComputedStyle(e.closest('.widget-slider, .widget-dropdown')).display")
+                == "none"
+            ):
                 continue  # a slider hidden because its range holds one value
             kind = "select" if control.evaluate("e => e.tagName") == "SELECT" else "slider"
             control.scroll_into_view_if_needed()
@@ -277,18 +306,35 @@ def test_stored_notebook_shows_pictures_in_jupyterlab(lab, browser, shots, noteb
 def exported(tmp_path_factory) -> Path:
     _need_browser()
     out = tmp_path_factory.mktemp("html")
-    subprocess.run([sys.executable, "-m", "jupyter", "nbconvert", "--to", "html", "--output-dir", str(out),
-                    *[str(ROOT / "notebooks" / n) for n in NOTEBOOKS]],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "nbconvert",
+            "--to",
+            "html",
+            "--output-dir",
+            str(out),
+            *[str(ROOT / "notebooks" / n) for n in NOTEBOOKS],
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return out
 
 
 def _stored_figures(notebook: str) -> int:
     """Outputs that hold a figure or a control: each must show as a picture."""
     nb = json.loads((ROOT / "notebooks" / notebook).read_text())
-    return sum(1 for cell in nb["cells"] if cell["cell_type"] == "code" for o in cell["outputs"]
-               if {"application/vnd.plotly.v1+json", "application/vnd.jupyter.widget-view+json"}
-               & set(o.get("data", {})))
+    return sum(
+        1
+        for cell in nb["cells"]
+        if cell["cell_type"] == "code"
+        for o in cell["outputs"]
+        if {"application/vnd.plotly.v1+json", "application/vnd.jupyter.widget-view+json"} & set(o.get("data", {}))
+    )
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS)

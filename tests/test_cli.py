@@ -7,14 +7,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import ggufmaker
 import numpy as np
 import pytest
-
-import ggufmaker
 from ggufmaker import TinySpec
+
 from stablelm_lab import GGUFFile, StableLM, generate, load_tokenizer
 from stablelm_lab.cli import build_parser, main
-from stablelm_lab.mixes import explain_mix
+from stablelm_lab.mixes.rules import explain_mix
 
 SPEC = TinySpec(n_vocab=512, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64, seed=3)
 COMMANDS = ["inspect", "dequant", "quantize", "imatrix", "explain-mix", "generate", "compare", "bench"]
@@ -66,7 +66,7 @@ def test_inspect(f32, q4_k_m, capsys):
     assert "file type MOSTLY_Q4_K_M (15)" in out
     for t in g.tensors:
         assert any(line.split()[:2] == [t.name, t.qtype.name] for line in out.splitlines()), t.name
-    assert "tokenizer.ggml.tokens = [" in out and "items]" in out     # the vocabulary, abbreviated
+    assert "tokenizer.ggml.tokens = [" in out and "items]" in out  # the vocabulary, abbreviated
     assert "bits per weight" in out
 
 
@@ -81,10 +81,11 @@ def test_quantize_and_explain_mix_agree(f32, q4_k_m, capsys):
     code, out, _ = run(capsys, "explain-mix", f32, "q4_k_m")
     assert code == 0
     for c in explain_mix(f32, "Q4_K_M"):
-        assert any(line.startswith(c.name + " ") and f" {c.qtype.name} " in line and line.endswith(c.rule)
-                   for line in out.splitlines()), c.name
-    assert {t.name: t.qtype for t in GGUFFile(q4_k_m).tensors} == {c.name: c.qtype
-                                                                  for c in explain_mix(f32, "Q4_K_M")}
+        assert any(
+            line.startswith(c.name + " ") and f" {c.qtype.name} " in line and line.endswith(c.rule)
+            for line in out.splitlines()
+        ), c.name
+    assert {t.name: t.qtype for t in GGUFFile(q4_k_m).tensors} == {c.name: c.qtype for c in explain_mix(f32, "Q4_K_M")}
 
 
 def test_quantize_reports_what_it_wrote(f32, tmp_path, capsys):
@@ -101,23 +102,24 @@ def test_generate_is_the_package_generate(f32, capsys):
 def test_compare(f32, q4_k_m, capsys):
     code, out, _ = run(capsys, "compare", f32, q4_k_m, "--text", ggufmaker.TRAINING_TEXT, "--n-ctx", "32")
     assert code == 0
-    assert any(line.startswith("blk.1.attn_v.weight") and "F32" in line and "Q6_K" in line
-               for line in out.splitlines())
+    assert any(line.startswith("blk.1.attn_v.weight") and "F32" in line and "Q6_K" in line for line in out.splitlines())
     assert "Mean    KLD:" in out and "Same top p:" in out
     code, out, _ = run(capsys, "compare", f32, f32, "--no-kl")
     assert code == 0 and " inf " in out and "KLD" not in out
 
 
 def test_bench(monkeypatch, capsys):
-    import stablelm_lab.bench
+    import stablelm_lab.analysis.bench
 
-    monkeypatch.setattr(stablelm_lab.bench, "copy_bandwidth", lambda: 1e10)
+    monkeypatch.setattr(stablelm_lab.analysis.bench, "copy_bandwidth", lambda: 1e10)
     code, out, _ = run(capsys, "bench", "--rows", 4, "--cols", 256, "--repeat", 1, "--formats", "Q4_0,Q6_K")
     assert code == 0 and "| Q4_0 |" in out and "| Q6_K |" in out
 
 
-@pytest.mark.parametrize("device, says", [("cuda:99", "CUDA device(s) here"), ("gpu", "unknown torch device"),
-                                          ("meta", "times the CPU or a CUDA GPU")])
+@pytest.mark.parametrize(
+    "device, says",
+    [("cuda:99", "CUDA device(s) here"), ("gpu", "unknown torch device"), ("meta", "times the CPU or a CUDA GPU")],
+)
 def test_bench_refuses_a_device_it_cannot_time(device, says, capsys):
     assert_one_line_error(*run(capsys, "bench", "--device", device, "--formats", "Q4_0")[::2], says)
 
@@ -147,8 +149,9 @@ def test_text_too_short_for_kl(f32, q4_k_m, capsys):
     assert_one_line_error(*run(capsys, "compare", f32, q4_k_m, "--text", "too short")[::2], "you need at least")
 
 
-@pytest.mark.parametrize("argv", [["quantize", "a.gguf"], ["generate", "f.gguf", "p", "--max-new-tokens", "x"],
-                                  ["frobnicate"], []])
+@pytest.mark.parametrize(
+    "argv", [["quantize", "a.gguf"], ["generate", "f.gguf", "p", "--max-new-tokens", "x"], ["frobnicate"], []]
+)
 def test_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as exit:
         main(argv)
@@ -156,6 +159,9 @@ def test_bad_arguments(argv, capsys):
 
 
 def test_as_a_process_no_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "stablelm_lab.cli", "explain-mix", str(tmp_path / "missing.gguf"),
-                           "Q4_K_M"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "stablelm_lab.cli", "explain-mix", str(tmp_path / "missing.gguf"), "Q4_K_M"],
+        capture_output=True,
+        text=True,
+    )
     assert_one_line_error(done.returncode, done.stderr, "stablelm-lab explain-mix: error:", "missing.gguf")

@@ -9,18 +9,25 @@ import json
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as T, TokenType
+from gguf import GGMLQuantizationType as T
+from gguf import TokenType
 
-from stablelm_lab import GGUFFile, StableLM, load_tokenizer
-from stablelm_lab.default_model import (DATA_DIR, ENV_VAR, default_gguf, embedded_gguf, embedded_variants,
-                                        held_out_text)
-from stablelm_lab.generate import generate_ids
-from stablelm_lab.mixes import explain_mix
+from stablelm_lab import GGUFFile, StableLM, StableLMConfig, load_tokenizer
+from stablelm_lab.container.default_model import (
+    DATA_DIR,
+    ENV_VAR,
+    default_gguf,
+    embedded_gguf,
+    embedded_variants,
+    held_out_text,
+)
+from stablelm_lab.mixes.rules import explain_mix
+from stablelm_lab.text.generate import generate_ids
 from stablelm_lab.train import evaluate
 
 N_GREEDY = 32
-NEAR_TIE = 0.05           # logits this close may order differently under another summation order
-LOGIT_TOLERANCE = 2e-3    # ours vs llama.cpp's logits: same F16 weights, float32 sums in another order
+NEAR_TIE = 0.05  # logits this close may order differently under another summation order
+LOGIT_TOLERANCE = 2e-3  # ours vs llama.cpp's logits: same F16 weights, float32 sums in another order
 
 
 @pytest.fixture(scope="module")
@@ -72,15 +79,15 @@ def test_data_stays_under_40_mb():
 # ---- the file is shaped like the real releases ----------------------------------------------------------
 def test_shaped_like_stablelm_3b_4e1t(path):
     g = GGUFFile(path)
-    c = g.config
-    assert c.n_rot * 4 == c.head_dim                         # rotary on the first 25% of each head
+    c = StableLMConfig.from_gguf(g)
+    assert c.n_rot * 4 == c.head_dim  # rotary on the first 25% of each head
     assert not c.parallel_residual and c.n_head_kv == c.n_head
-    assert "output_norm.bias" in g.tensor_info                 # LayerNorm with bias
+    assert "output_norm.bias" in g.tensor_info  # LayerNorm with bias
     assert not np.array_equal(g.dequantize("output.weight"), g.dequantize("token_embd.weight"))  # untied
     for t in g.tensors:
         if len(t.shape) == 2:
-            assert t.shape[-1] % 256 == 0, t.name                # K-quants apply to every matrix
-            assert t.qtype == T.F16, t.name                      # as convert_hf_to_gguf --outtype f16
+            assert t.shape[-1] % 256 == 0, t.name  # K-quants apply to every matrix
+            assert t.qtype == T.F16, t.name  # as convert_hf_to_gguf --outtype f16
         else:
             assert t.qtype == T.F32, t.name
 
@@ -103,8 +110,9 @@ def test_variants_hold_the_types_of_their_mix(path, variant):
 
 # ---- llama.cpp agrees -----------------------------------------------------------------------------------
 def test_record_is_of_the_shipped_file(path, record):
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == record["model_sha256"], \
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == record["model_sha256"], (
         "data/ changed: rerun tools/llama_cpp_check.py"
+    )
 
 
 def test_tokenizer_agrees_with_llama_cpp(path, record):
@@ -123,7 +131,7 @@ def test_greedy_continuation_agrees_with_llama_cpp(model, record):
 @torch.no_grad()
 def test_logits_agree_with_llama_cpp(model, record):
     ids = record["prompt_tokens"] + record["greedy_tokens"]
-    logits = model(ids[:-1])[0, len(record["prompt_tokens"]) - 1:]        # one row per greedy step
+    logits = model(ids[:-1])[0, len(record["prompt_tokens"]) - 1 :]  # one row per greedy step
     for row, (best, best_logit, runner_up, runner_up_logit) in zip(logits, record["top2"]):
         assert float(row[best]) == pytest.approx(best_logit, abs=LOGIT_TOLERANCE)
         assert float(row[runner_up]) == pytest.approx(runner_up_logit, abs=LOGIT_TOLERANCE)
@@ -136,6 +144,6 @@ def test_beats_gzip_on_held_out_text(model, path):
 
 
 def test_has_a_previous_token_head_and_an_induction_head(model, path):
-    ids = load_tokenizer(path).encode(held_out_text()).ids[:model.config.n_ctx]
+    ids = load_tokenizer(path).encode(held_out_text()).ids[: model.config.n_ctx]
     assert evaluate.previous_token_scores(model, ids).max() > 0.5
     assert evaluate.induction_scores(model).max() > 0.3

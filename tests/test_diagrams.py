@@ -11,15 +11,26 @@ import numpy as np
 import pytest
 import torch
 
-from stablelm_lab import StableLM, default_gguf, diagrams, quants
-from stablelm_lab.anatomy import bit_map
-from stablelm_lab.config import STABLELM_3B_4E1T, tensor_table
-from stablelm_lab.mixes import ModelShape, choose_type, get_mix, mix_size
+from stablelm_lab import StableLM, default_gguf, quants
+from stablelm_lab.lab import diagrams
+from stablelm_lab.mixes.rules import ModelShape, choose_type, get_mix, mix_size
+from stablelm_lab.model.config import STABLELM_3B_4E1T, tensor_table
+from stablelm_lab.quants.anatomy import bit_map
 
 BIT_MAPPED = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 #: bits of each weight's level, from ggml-common.h's block layouts
-LEVEL_BITS = {"Q4_0": 4, "Q4_1": 4, "Q5_0": 5, "Q5_1": 5, "Q8_0": 8, "Q2_K": 2, "Q3_K": 3, "Q4_K": 4,
-              "Q5_K": 5, "Q6_K": 6}
+LEVEL_BITS = {
+    "Q4_0": 4,
+    "Q4_1": 4,
+    "Q5_0": 5,
+    "Q5_1": 5,
+    "Q8_0": 8,
+    "Q2_K": 2,
+    "Q3_K": 3,
+    "Q4_K": 4,
+    "Q5_K": 5,
+    "Q6_K": 6,
+}
 
 
 def random_block(fmt, seed: int) -> np.ndarray:
@@ -28,7 +39,7 @@ def random_block(fmt, seed: int) -> np.ndarray:
     for name in ("d", "dmin", "m"):
         if name in fmt.block_dtype.names:
             offset = fmt.block_dtype.fields[name][1]
-            raw[offset:offset + 2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
+            raw[offset : offset + 2] = np.frombuffer(np.float16(1.0).tobytes(), np.uint8)
     return raw
 
 
@@ -88,8 +99,14 @@ def test_3b_config_is_transformers_stablelm_default():
     hf = StableLmConfig()
     c = STABLELM_3B_4E1T
     assert (c.n_vocab, c.n_embd, c.n_layer, c.n_head, c.n_head_kv, c.n_ff, c.n_ctx) == (
-        hf.vocab_size, hf.hidden_size, hf.num_hidden_layers, hf.num_attention_heads, hf.num_key_value_heads,
-        hf.intermediate_size, hf.max_position_embeddings)
+        hf.vocab_size,
+        hf.hidden_size,
+        hf.num_hidden_layers,
+        hf.num_attention_heads,
+        hf.num_key_value_heads,
+        hf.intermediate_size,
+        hf.max_position_embeddings,
+    )
     rope = hf.rope_parameters
     assert c.n_rot == int(rope["partial_rotary_factor"] * c.head_dim) and c.rope_base == rope["rope_theta"]
     assert c.norm_eps == hf.layer_norm_eps and not (hf.use_parallel_residual or hf.use_qkv_bias or hf.qk_layernorm)
@@ -114,8 +131,13 @@ def test_3b_q4_k_m_size_by_hand():
     d, ff, vocab = 2560, 6912, 50304
     layers = [i for i in range(32) if i < 4 or i >= 28 or (i - 4) % 3 == 2]
     assert len(layers) == 16
-    by_hand = (vocab * d * q4k + vocab * d * q6k + 32 * (3 * d * d + 2 * d * ff) * q4k
-               + 16 * (d * d + d * ff) * (q4k + q6k) + (32 * 4 + 2) * d * 4)
+    by_hand = (
+        vocab * d * q4k
+        + vocab * d * q6k
+        + 32 * (3 * d * d + 2 * d * ff) * q4k
+        + 16 * (d * d + d * ff) * (q4k + q6k)
+        + (32 * 4 + 2) * d * 4
+    )
     choices = [choose_type(t, get_mix("Q4_K_M"), ModelShape(32, 1)) for t in tensor_table(STABLELM_3B_4E1T)]
     assert mix_size(choices)[0] == by_hand
     assert round(mix_size(choices)[1], 1) == 4.9

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 #: pip name -> conda-forge name, where they differ.
@@ -45,7 +46,7 @@ def environment_requirements() -> tuple[dict[str, str], dict[str, str]]:
 def test_environment_yml_lists_every_pyproject_requirement_with_the_same_bound():
     conda, pip = environment_requirements()
     for name, req in pyproject_requirements().items():
-        bound = req[len(name):]
+        bound = req[len(name) :]
         if name in PIP_ONLY:
             assert pip.get(name) == name + bound, f"{name} belongs in the pip section of environment.yml"
         else:

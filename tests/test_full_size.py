@@ -7,16 +7,17 @@ the weights gguf-py decodes from the same file. The 32-layer file is the benchma
 
 from __future__ import annotations
 
+import ggufmaker
 import numpy as np
 import pytest
 import torch
-
-import ggufmaker
 from devices import TORCH_DEVICES
-from stablelm_lab import GGUFFile, StableLM
 
-SPEC = ggufmaker.TinySpec(n_vocab=50304, n_embd=2560, n_layer=1, n_head=32, n_head_kv=32, n_ff=6912,
-                          n_ctx=4096, n_rot=20, rope_base=10000.0)
+from stablelm_lab import GGUFFile, StableLM, StableLMConfig
+
+SPEC = ggufmaker.TinySpec(
+    n_vocab=50304, n_embd=2560, n_layer=1, n_head=32, n_head_kv=32, n_ff=6912, n_ctx=4096, n_rot=20, rope_base=10000.0
+)
 # float32 sums over 2560- and 6912-wide rows in another order (torch's and transformers' kernels split
 # them differently): |error| ~ sqrt(n) * 2^-24 * |logits|, about 1e-5 of the largest logit; the tiny
 # models' 1e-4 absolute is 1e-5 relative as well. Measured here: 1.3e-4 on logits up to 12.
@@ -25,8 +26,9 @@ LOGITS_RTOL = 2e-5
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory):
-    return ggufmaker.write_gguf(tmp_path_factory.mktemp("full") / "3b-1layer.Q4_K_M.gguf", SPEC,
-                                types=ggufmaker.q4_k_m_mix)
+    return ggufmaker.write_gguf(
+        tmp_path_factory.mktemp("full") / "3b-1layer.Q4_K_M.gguf", SPEC, types=ggufmaker.q4_k_m_mix
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,15 @@ def transformers_logits(path):
 
 
 def test_the_file_reads_as_stablelm_3b(path):
-    config = GGUFFile(path).config
-    assert (config.n_embd, config.n_head, config.head_dim, config.n_rot, config.n_ff, config.n_vocab) == \
-        (2560, 32, 80, 20, 6912, 50304)
+    config = StableLMConfig.from_gguf(GGUFFile(path))
+    assert (config.n_embd, config.n_head, config.head_dim, config.n_rot, config.n_ff, config.n_vocab) == (
+        2560,
+        32,
+        80,
+        20,
+        6912,
+        50304,
+    )
     assert config.partial_rotary_factor == 0.25 and not config.parallel_residual
 
 

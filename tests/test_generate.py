@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import ggufmaker
 import pytest
 import torch
 
-import ggufmaker
 from stablelm_lab import StableLM, generate, load_tokenizer
-from stablelm_lab.generate import generate_ids, next_token
+from stablelm_lab.text.generate import generate_ids, next_token
 
 PROMPT = "The quick brown fox"
 
@@ -24,9 +24,10 @@ def test_greedy_text_matches_transformers(setup):
     model, tok, hf, original = setup
     ids = original.encode(PROMPT).ids
     with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, pad_token_id=1,
-                          eos_token_id=0)[0, len(ids):].tolist()
-    out = out[:out.index(0)] if 0 in out else out
+        out = hf.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False, pad_token_id=1, eos_token_id=0)[
+            0, len(ids) :
+        ].tolist()
+    out = out[: out.index(0)] if 0 in out else out
     expected = original.decode(out, skip_special_tokens=True)
     assert generate(model, tok, PROMPT, max_new_tokens=24, do_sample=False) == expected
 
@@ -47,8 +48,9 @@ def test_seed_makes_sampling_reproducible(setup):
 
 def test_top_k_1_is_greedy(setup):
     model, tok, _, _ = setup
-    assert (generate(model, tok, PROMPT, max_new_tokens=12, top_k=1, seed=5)
-            == generate(model, tok, PROMPT, max_new_tokens=12, do_sample=False))
+    assert generate(model, tok, PROMPT, max_new_tokens=12, top_k=1, seed=5) == generate(
+        model, tok, PROMPT, max_new_tokens=12, do_sample=False
+    )
 
 
 def test_stops_at_eos(setup):
@@ -65,8 +67,9 @@ def test_stops_at_eos(setup):
 def test_next_token_sampling_follows_the_distribution():
     logits = torch.log(torch.tensor([0.7, 0.2, 0.1]))
     g = torch.Generator().manual_seed(0)
-    counts = torch.bincount(torch.tensor([next_token(logits, 1.0, 1.0, None, True, g) for _ in range(3000)]),
-                            minlength=3)
+    counts = torch.bincount(
+        torch.tensor([next_token(logits, 1.0, 1.0, None, True, g) for _ in range(3000)]), minlength=3
+    )
     torch.testing.assert_close(counts / 3000, torch.tensor([0.7, 0.2, 0.1]), atol=0.03, rtol=0)
     assert next_token(logits, do_sample=False) == 0
 

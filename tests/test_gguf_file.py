@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ggufmaker
 import numpy as np
 import pytest
-from gguf import GGMLQuantizationType as T, GGUFReader
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader
 from gguf import quants as gguf_quants
 
-import ggufmaker
 from stablelm_lab import GGUFError, GGUFFile, StableLMConfig, quants
 
 MIXED_TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
@@ -18,8 +19,9 @@ MIXED_TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
     spec = ggufmaker.TinySpec(n_layer=2, qkv_bias=True)
-    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("gguf") / "mixed.gguf", spec,
-                                types=ggufmaker.every_type_mix(MIXED_TYPES))
+    path = ggufmaker.write_gguf(
+        tmp_path_factory.mktemp("gguf") / "mixed.gguf", spec, types=ggufmaker.every_type_mix(MIXED_TYPES)
+    )
     return path
 
 
@@ -49,7 +51,7 @@ def test_raw_is_the_bytes_on_disk_without_a_copy(mixed):
     for info in g.tensors:
         raw = g.raw(info.name)
         assert raw.dtype == np.uint8 and raw.nbytes == info.nbytes
-        assert raw.tobytes() == data[info.offset:info.offset + info.nbytes]
+        assert raw.tobytes() == data[info.offset : info.offset + info.nbytes]
         assert not raw.flags.writeable
         assert np.shares_memory(raw, g._reader.data)  # a view into the memory map
 
@@ -66,11 +68,11 @@ def test_release_unmaps_a_tensors_pages_and_keeps_its_bytes(tmp_path):
     g = GGUFFile(path)
     name, n_kib = "token_embd.weight", g.tensor_info["token_embd.weight"].nbytes // 1024
     start = rss_file_kib()
-    first = g.raw(name).sum(dtype=np.uint64)                     # touches every page of the tensor
+    first = g.raw(name).sum(dtype=np.uint64)  # touches every page of the tensor
     assert rss_file_kib() - start > 0.9 * n_kib
     g.release(name)
     assert rss_file_kib() - start < 0.1 * n_kib
-    assert g.raw(name).sum(dtype=np.uint64) == first            # read again: mapped back in, same bytes
+    assert g.raw(name).sum(dtype=np.uint64) == first  # read again: mapped back in, same bytes
     assert path.read_bytes() == before
 
 
@@ -85,16 +87,28 @@ def test_dequantize_matches_gguf_py(mixed):
 
 def test_config_from_keys_and_tensors(tmp_path):
     spec = ggufmaker.TinySpec(n_head_kv=1, n_rot=32, rope_base=500.0, parallel_residual=True, qk_norm=True)
-    cfg = GGUFFile(ggufmaker.write_gguf(tmp_path / "m.gguf", spec)).config
-    assert cfg == StableLMConfig(n_vocab=512, n_embd=256, n_layer=2, n_head=4, n_head_kv=1, n_ff=512, n_ctx=256,
-                                 n_rot=32, norm_eps=cfg.norm_eps, rope_base=500.0, parallel_residual=True,
-                                 qkv_bias=False, qk_norm=True)
+    cfg = StableLMConfig.from_gguf(GGUFFile(ggufmaker.write_gguf(tmp_path / "m.gguf", spec)))
+    assert cfg == StableLMConfig(
+        n_vocab=512,
+        n_embd=256,
+        n_layer=2,
+        n_head=4,
+        n_head_kv=1,
+        n_ff=512,
+        n_ctx=256,
+        n_rot=32,
+        norm_eps=cfg.norm_eps,
+        rope_base=500.0,
+        parallel_residual=True,
+        qkv_bias=False,
+        qk_norm=True,
+    )
     assert cfg.norm_eps == pytest.approx(1e-5) and cfg.head_dim == 64 and cfg.partial_rotary_factor == 0.5
 
 
 def test_sequential_residual_follows_the_tensors_not_the_key(mixed):
     # ggufmaker writes use_parallel_residual = True, as the converter does when config.json lacks it
-    cfg = GGUFFile(mixed).config
+    cfg = StableLMConfig.from_gguf(GGUFFile(mixed))
     assert not cfg.parallel_residual
     assert cfg.rope_base == 10000.0  # rope.freq_base absent
     assert cfg.qkv_bias and not cfg.qk_norm
@@ -125,7 +139,7 @@ def test_other_architecture_has_no_stablelm_config(tmp_path):
     g = GGUFFile(path)  # still a readable GGUF
     assert g.architecture == "llama"
     with pytest.raises(GGUFError, match="holds a 'llama' model, not a StableLM"):
-        g.config
+        StableLMConfig.from_gguf(g)
 
 
 def test_unknown_tensor_name(mixed):

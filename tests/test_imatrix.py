@@ -8,15 +8,21 @@ import json
 import struct
 from pathlib import Path
 
+import ggufmaker
 import numpy as np
 import pytest
-
-import ggufmaker
 from ggufmaker import TinySpec
+
 from stablelm_lab import StableLM, load_tokenizer
-from stablelm_lab.default_model import DATA_DIR, embedded_gguf
-from stablelm_lab.imatrix import (ImatrixError, ImportanceMatrix, check_imatrix, collect_imatrix, load_imatrix,
-                                  save_imatrix)
+from stablelm_lab.analysis.imatrix import (
+    ImatrixError,
+    ImportanceMatrix,
+    check_imatrix,
+    collect_imatrix,
+    load_imatrix,
+    save_imatrix,
+)
+from stablelm_lab.container.default_model import DATA_DIR, embedded_gguf
 
 GOLDEN = Path(__file__).parent / "golden" / "llama_imatrix"
 RUN = json.loads((GOLDEN / "run.json").read_text())
@@ -37,19 +43,25 @@ def golden():
 def collected():
     path = embedded_gguf("F16")
     text = (DATA_DIR / "calibration.txt").read_text(encoding="utf-8")
-    return collect_imatrix(StableLM.from_gguf(path), text, tokenizer=load_tokenizer(path),
-                           chunk_size=RUN["chunk_size"], n_chunks=RUN["chunks"], process_output=True,
-                           datasets=[RUN["text"]])
+    return collect_imatrix(
+        StableLM.from_gguf(path),
+        text,
+        tokenizer=load_tokenizer(path),
+        chunk_size=RUN["chunk_size"],
+        n_chunks=RUN["chunks"],
+        process_output=True,
+        datasets=[RUN["text"]],
+    )
 
 
 def relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
-    assert (theirs > 0).all()            # every column of the golden is driven: no 0/0
+    assert (theirs > 0).all()  # every column of the golden is driven: no 0/0
     return float(np.max(np.abs(ours.astype(np.float64) - theirs) / theirs))
 
 
 def test_collect_equals_llama_imatrix(collected, golden):
     assert sorted(collected.sums) == sorted(golden.sums)
-    assert len(golden.sums) == 4 * 7 + 1            # 7 matrices per layer, and output.weight
+    assert len(golden.sums) == 4 * 7 + 1  # 7 matrices per layer, and output.weight
     worst = {name: relative_difference(collected.sums[name], golden.sums[name]) for name in golden.sums}
     assert max(worst.values()) < SUMS_RTOL, sorted(worst.items(), key=lambda kv: -kv[1])[:3]
     for name in golden.sums:
@@ -58,8 +70,11 @@ def test_collect_equals_llama_imatrix(collected, golden):
 
 
 def test_collect_metadata_equals_llama_imatrix(collected, golden):
-    assert (collected.chunk_count, collected.chunk_size, collected.datasets) == \
-           (golden.chunk_count, golden.chunk_size, golden.datasets) == (RUN["chunks"], RUN["chunk_size"], [RUN["text"]])
+    assert (
+        (collected.chunk_count, collected.chunk_size, collected.datasets)
+        == (golden.chunk_count, golden.chunk_size, golden.datasets)
+        == (RUN["chunks"], RUN["chunk_size"], [RUN["text"]])
+    )
 
 
 def test_collect_is_not_blind(collected, golden):
@@ -75,10 +90,14 @@ def test_collect_refuses_a_short_text():
         collect_imatrix(path, "def f():\n    pass\n", chunk_size=128)
 
 
-@pytest.mark.parametrize("spec", [
-    TinySpec(n_head_kv=4, n_rot=32, parallel_residual=True, qkv_bias=True, qk_norm=True, seed=1),  # StableLM 2
-    TinySpec(n_layer=3, n_head_kv=1, n_rot=24, qkv_bias=True, seed=2),                              # GQA, biases
-], ids=["parallel-qknorm-bias", "sequential-mqa-bias"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TinySpec(n_head_kv=4, n_rot=32, parallel_residual=True, qkv_bias=True, qk_norm=True, seed=1),  # StableLM 2
+        TinySpec(n_layer=3, n_head_kv=1, n_rot=24, qkv_bias=True, seed=2),  # GQA, biases
+    ],
+    ids=["parallel-qknorm-bias", "sequential-mqa-bias"],
+)
 def test_collect_sees_the_inputs_transformers_multiplies(spec, tmp_path):
     """Other shapes than the golden's: the input of every nn.Linear of transformers' StableLM (forward
     pre-hooks), squared and summed, is what collect_imatrix reads from our named activations."""
@@ -94,10 +113,18 @@ def test_collect_sees_the_inputs_transformers_multiplies(spec, tmp_path):
         def hook(module, args):
             x = args[0].detach().double().reshape(-1, args[0].shape[-1])
             expected[name] = expected.get(name, 0) + (x * x).sum(0)
+
         return hook
 
-    names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
-             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+    names = {
+        "q_proj": "attn_q",
+        "k_proj": "attn_k",
+        "v_proj": "attn_v",
+        "o_proj": "attn_output",
+        "gate_proj": "ffn_gate",
+        "up_proj": "ffn_up",
+        "down_proj": "ffn_down",
+    }
     for i, layer in enumerate(hf.model.layers):
         for module_name, module in list(layer.self_attn.named_children()) + list(layer.mlp.named_children()):
             if module_name in names:
@@ -122,8 +149,12 @@ def test_save_writes_llama_imatrix_file_byte_for_byte(golden, tmp_path):
 def test_save_then_load_keeps_everything(collected, tmp_path):
     save_imatrix(collected, tmp_path / "ours.gguf")
     back = load_imatrix(tmp_path / "ours.gguf")
-    assert (back.chunk_count, back.chunk_size, back.datasets, back.legacy) == \
-           (collected.chunk_count, collected.chunk_size, collected.datasets, False)
+    assert (back.chunk_count, back.chunk_size, back.datasets, back.legacy) == (
+        collected.chunk_count,
+        collected.chunk_size,
+        collected.datasets,
+        False,
+    )
     for name in collected.sums:
         np.testing.assert_array_equal(back.sums[name], collected.sums[name])
         np.testing.assert_array_equal(back.counts[name], collected.counts[name])
@@ -134,7 +165,7 @@ def test_legacy_dat_gives_the_importance_of_the_gguf(golden):
     the GGUF sum and count; llama-quantize turns both into sum / count."""
     legacy = load_imatrix(GOLDEN / "tiny.imatrix.dat")
     assert legacy.legacy and legacy.chunk_count == RUN["chunks"] and legacy.datasets == [RUN["text"]]
-    assert legacy.counts["blk.0.attn_q.weight"].tolist() == [RUN["chunks"]]   # ncall = ceil(count / chunk)
+    assert legacy.counts["blk.0.attn_q.weight"].tolist() == [RUN["chunks"]]  # ncall = ceil(count / chunk)
     ours, theirs = legacy.importance(), golden.importance()
     assert sorted(ours) == sorted(theirs)
     for name in theirs:
@@ -159,11 +190,14 @@ def edited(golden) -> ImportanceMatrix:
     return ImportanceMatrix(sums, counts, golden.chunk_count, golden.chunk_size, list(golden.datasets))
 
 
-@pytest.mark.parametrize("break_it, message", [
-    (lambda m: m.sums["blk.1.attn_k.weight"].__setitem__(5, np.nan), r"blk\.1\.attn_k\.weight has 1 non-finite"),
-    (lambda m: m.counts["blk.3.ffn_up.weight"].__setitem__(0, 0), r"blk\.3\.ffn_up\.weight has a count of 0"),
-    (lambda m: m.sums["blk.0.attn_v.weight"].__setitem__(3, -1.0), r"blk\.0\.attn_v\.weight has negative"),
-])
+@pytest.mark.parametrize(
+    "break_it, message",
+    [
+        (lambda m: m.sums["blk.1.attn_k.weight"].__setitem__(5, np.nan), r"blk\.1\.attn_k\.weight has 1 non-finite"),
+        (lambda m: m.counts["blk.3.ffn_up.weight"].__setitem__(0, 0), r"blk\.3\.ffn_up\.weight has a count of 0"),
+        (lambda m: m.sums["blk.0.attn_v.weight"].__setitem__(3, -1.0), r"blk\.0\.attn_v\.weight has negative"),
+    ],
+)
 def test_bad_values_name_the_tensor(golden, tmp_path, break_it, message):
     bad = edited(golden)
     break_it(bad)
@@ -184,16 +218,21 @@ def test_a_sum_without_its_count_names_the_tensor(golden, tmp_path):
 def test_another_models_matrix_is_refused(golden):
     short = edited(golden)
     short.sums["blk.0.ffn_down.weight"] = short.sums["blk.0.ffn_down.weight"][:256]
-    with pytest.raises(ImatrixError, match=r"blk\.0\.ffn_down\.weight: the importance matrix has 256 values, "
-                                           r"the tensor .* has 768 columns"):
+    with pytest.raises(
+        ImatrixError,
+        match=r"blk\.0\.ffn_down\.weight: the importance matrix has 256 values, "
+        r"the tensor .* has 768 columns",
+    ):
         check_imatrix(short, embedded_gguf("F16"))
     missing = edited(golden)
     del missing.sums["blk.3.attn_q.weight"], missing.counts["blk.3.attn_q.weight"]
     with pytest.raises(ImatrixError, match=r"blk\.3\.attn_q\.weight: no importance data"):
         check_imatrix(missing, embedded_gguf("F16"))
     extra = edited(golden)
-    extra.sums["blk.9.attn_q.weight"], extra.counts["blk.9.attn_q.weight"] = extra.sums["blk.0.attn_q.weight"], \
-        extra.counts["blk.0.attn_q.weight"]
+    extra.sums["blk.9.attn_q.weight"], extra.counts["blk.9.attn_q.weight"] = (
+        extra.sums["blk.0.attn_q.weight"],
+        extra.counts["blk.0.attn_q.weight"],
+    )
     with pytest.raises(ImatrixError, match=r"blk\.9\.attn_q\.weight, which .* does not"):
         check_imatrix(extra, embedded_gguf("F16"))
 
@@ -214,8 +253,14 @@ def test_legacy_file_layout_by_hand(tmp_path):
     """The .dat layout written by hand from save_imatrix_legacy's fields."""
     name = b"blk.0.attn_q.weight"
     values = np.array([2.0, 4.0, 6.0], dtype="<f4")
-    data = struct.pack("<ii", 1, len(name)) + name + struct.pack("<ii", 2, 3) + values.tobytes() \
-        + struct.pack("<ii", 7, 5) + b"t.txt"
+    data = (
+        struct.pack("<ii", 1, len(name))
+        + name
+        + struct.pack("<ii", 2, 3)
+        + values.tobytes()
+        + struct.pack("<ii", 7, 5)
+        + b"t.txt"
+    )
     (tmp_path / "x.dat").write_bytes(data)
     imat = load_imatrix(tmp_path / "x.dat")
     assert (imat.chunk_count, imat.datasets, imat.legacy) == (7, ["t.txt"], True)
@@ -226,10 +271,26 @@ def test_legacy_file_layout_by_hand(tmp_path):
 def test_cli_imatrix_writes_what_llama_imatrix_writes(golden, tmp_path, capsys, monkeypatch):
     from stablelm_lab.cli import main
 
-    monkeypatch.chdir(DATA_DIR.parent)       # the dataset is recorded as given: data/calibration.txt
+    monkeypatch.chdir(DATA_DIR.parent)  # the dataset is recorded as given: data/calibration.txt
     out = tmp_path / "cli.imatrix.gguf"
-    assert main(["imatrix", str(embedded_gguf("F16")), RUN["text"], "-o", str(out), "-c", str(RUN["chunk_size"]),
-                 "--chunks", str(RUN["chunks"]), "--process-output", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "imatrix",
+                str(embedded_gguf("F16")),
+                RUN["text"],
+                "-o",
+                str(out),
+                "-c",
+                str(RUN["chunk_size"]),
+                "--chunks",
+                str(RUN["chunks"]),
+                "--process-output",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert f"wrote {out}: 29 matrices, 8 chunks of 128 tokens (1024 tokens)" in capsys.readouterr().out
     ours = load_imatrix(out)
     assert ours.datasets == golden.datasets and ours.chunk_count == golden.chunk_count
@@ -243,8 +304,17 @@ def test_cli_quantize_refuses_a_bad_imatrix_in_one_line(golden, tmp_path, capsys
     bad = edited(golden)
     bad.counts["blk.1.ffn_gate.weight"][0] = 0
     save_imatrix(bad, tmp_path / "bad.gguf")
-    code = main(["quantize", str(embedded_gguf("F16")), str(tmp_path / "out.gguf"), "Q4_K_M", "--imatrix",
-                 str(tmp_path / "bad.gguf"), "--quiet"])
+    code = main(
+        [
+            "quantize",
+            str(embedded_gguf("F16")),
+            str(tmp_path / "out.gguf"),
+            "Q4_K_M",
+            "--imatrix",
+            str(tmp_path / "bad.gguf"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and err.count("\n") == 1 and "blk.1.ffn_gate.weight has a count of 0" in err, err
     assert not (tmp_path / "out.gguf").exists()
@@ -253,8 +323,8 @@ def test_cli_quantize_refuses_a_bad_imatrix_in_one_line(golden, tmp_path, capsys
 def test_cli_quantize_passes_llama_quantizes_importance(golden, tmp_path, monkeypatch):
     """--imatrix FILE reaches quantize_gguf as {tensor: sums / count}, with the file's name, datasets and
     chunk count (llama-quantize records them as quantize.imatrix.* keys)."""
-    from stablelm_lab import quantize_file
     from stablelm_lab.cli import main
+    from stablelm_lab.mixes import quantize_file
 
     seen = {}
 
@@ -264,14 +334,29 @@ def test_cli_quantize_passes_llama_quantizes_importance(golden, tmp_path, monkey
 
     monkeypatch.setattr(quantize_file, "quantize_gguf", fake_quantize_gguf)
     imatrix_file = str(GOLDEN / "tiny.imatrix.gguf")
-    assert main(["quantize", str(embedded_gguf("F16")), str(tmp_path / "o.gguf"), "Q2_K", "--imatrix", imatrix_file,
-                 "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "quantize",
+                str(embedded_gguf("F16")),
+                str(tmp_path / "o.gguf"),
+                "Q2_K",
+                "--imatrix",
+                imatrix_file,
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     vectors = seen["imatrix"]
     assert sorted(vectors) == sorted(golden.sums)
     for name, sums in golden.sums.items():
         np.testing.assert_array_equal(vectors[name], sums / np.float32(golden.counts[name][0]))
-    assert (seen["imatrix_file"], seen["imatrix_dataset"], seen["imatrix_chunks"]) == \
-           (imatrix_file, RUN["text"], RUN["chunks"])
+    assert (seen["imatrix_file"], seen["imatrix_dataset"], seen["imatrix_chunks"]) == (
+        imatrix_file,
+        RUN["text"],
+        RUN["chunks"],
+    )
 
 
 def test_cli_quantize_with_imatrix_writes_llama_quantizes_file(tmp_path, monkeypatch):
@@ -283,8 +368,10 @@ def test_cli_quantize_with_imatrix_writes_llama_quantizes_file(tmp_path, monkeyp
     from stablelm_lab.cli import main
 
     golden = json.loads((Path(__file__).parent / "golden" / "quantize_imatrix" / "mixes.json").read_text())["default"]
-    monkeypatch.chdir(DATA_DIR.parent)        # llama-quantize records the imatrix path as given
+    monkeypatch.chdir(DATA_DIR.parent)  # llama-quantize records the imatrix path as given
     out = tmp_path / "default.Q4_K_M.gguf"
-    assert main(["quantize", golden["source"], str(out), golden["mix"], "--imatrix", golden["imatrix_file"],
-                 "--quiet"]) == 0
+    assert (
+        main(["quantize", golden["source"], str(out), golden["mix"], "--imatrix", golden["imatrix_file"], "--quiet"])
+        == 0
+    )
     assert hashlib.sha256(out.read_bytes()).hexdigest() == golden["file_sha256"]

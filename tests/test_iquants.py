@@ -13,16 +13,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
+import ggufmaker
 import numpy as np
 import pytest
 import torch
+from devices import TORCH_DEVICES
 from gguf import GGMLQuantizationType as T
 
-import ggufmaker
-from devices import TORCH_DEVICES
 from stablelm_lab import GGUFFile, StableLM, quants
-from stablelm_lab.anatomy import sub_block_size
 from stablelm_lab.quants import iq_grids, iquants
+from stablelm_lab.quants.anatomy import sub_block_size
 
 GOLDEN = Path(__file__).parent / "golden" / "iquant_blocks.npz"
 NAMES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
@@ -53,17 +53,29 @@ def all_decoders(fmt, raw: np.ndarray) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("fmt", FORMATS, ids=NAMES)
 def test_block_sizes_are_ggml_static_asserts(fmt):
     # ggml-common.h, by hand: block_iq2_xxs = sizeof(ggml_half) + QK_K/8*sizeof(uint16_t), etc.
-    expected = {"IQ2_XXS": 2 + 256 // 8 * 2, "IQ2_XS": 2 + 256 // 8 * 2 + 256 // 32,
-                "IQ2_S": 2 + 256 // 4 + 256 // 16, "IQ3_XXS": 2 + 3 * (256 // 8),
-                "IQ3_S": 2 + 13 * (256 // 32) + 256 // 64, "IQ1_S": 2 + 256 // 8 + 256 // 16,
-                "IQ1_M": 256 // 8 + 256 // 16 + 256 // 32}
+    expected = {
+        "IQ2_XXS": 2 + 256 // 8 * 2,
+        "IQ2_XS": 2 + 256 // 8 * 2 + 256 // 32,
+        "IQ2_S": 2 + 256 // 4 + 256 // 16,
+        "IQ3_XXS": 2 + 3 * (256 // 8),
+        "IQ3_S": 2 + 13 * (256 // 32) + 256 // 64,
+        "IQ1_S": 2 + 256 // 8 + 256 // 16,
+        "IQ1_M": 256 // 8 + 256 // 16 + 256 // 32,
+    }
     assert fmt.block_size == 256 and fmt.type_size == expected[fmt.name]
     assert fmt.block_dtype.itemsize == fmt.type_size and not fmt.can_quantize
 
 
 def test_sub_block_sizes_are_listed():
     assert {f.name: sub_block_size(f) for f in FORMATS} == {
-        "IQ2_XXS": 32, "IQ2_XS": 16, "IQ2_S": 16, "IQ3_XXS": 32, "IQ3_S": 32, "IQ1_S": 32, "IQ1_M": 16}
+        "IQ2_XXS": 32,
+        "IQ2_XS": 16,
+        "IQ2_S": 16,
+        "IQ3_XXS": 32,
+        "IQ3_S": 32,
+        "IQ1_S": 32,
+        "IQ1_M": 16,
+    }
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=NAMES)
@@ -73,7 +85,7 @@ def test_sub_block_is_what_one_scale_bit_moves(fmt):
     rng = np.random.default_rng(fmt.qtype.value)
     block = rng.integers(0, 256, fmt.type_size, dtype=np.uint8)
     with np.errstate(all="ignore"):
-        for _ in range(100):   # a block with a finite, normal d
+        for _ in range(100):  # a block with a finite, normal d
             base = gguf.quants.dequantize(block[None], fmt.qtype)[0]
             if np.isfinite(base).all() and np.abs(base).min() > 0:
                 break
@@ -90,8 +102,14 @@ def test_sub_block_is_what_one_scale_bit_moves(fmt):
 
 
 # ---- the tables -------------------------------------------------------------------------------------------
-GRIDS = {"IQ2_XXS": iq_grids.IQ2XXS_GRID, "IQ2_XS": iq_grids.IQ2XS_GRID, "IQ2_S": iq_grids.IQ2S_GRID,
-         "IQ3_XXS": iq_grids.IQ3XXS_GRID, "IQ3_S": iq_grids.IQ3S_GRID, "IQ1_S": iq_grids.IQ1S_GRID}
+GRIDS = {
+    "IQ2_XXS": iq_grids.IQ2XXS_GRID,
+    "IQ2_XS": iq_grids.IQ2XS_GRID,
+    "IQ2_S": iq_grids.IQ2S_GRID,
+    "IQ3_XXS": iq_grids.IQ3XXS_GRID,
+    "IQ3_S": iq_grids.IQ3S_GRID,
+    "IQ1_S": iq_grids.IQ1S_GRID,
+}
 
 
 @pytest.mark.parametrize("name", list(GRIDS))
@@ -106,9 +124,9 @@ def test_grid_equals_gguf_py_transcription(name):
 def test_ksigns_equal_gguf_py_and_carry_parity():
     ksigns = iq_grids.KSIGNS_IQ2XS
     assert bytes(ksigns) == gguf.quants.IQ2_XXS.ksigns
-    assert np.array_equal(ksigns & 127, np.arange(128))                 # the 7 stored bits
+    assert np.array_equal(ksigns & 127, np.arange(128))  # the 7 stored bits
     popcount = np.unpackbits(ksigns[:, None], axis=1).sum(axis=1)
-    assert (popcount % 2 == 0).all()                                     # bit 7 = their parity
+    assert (popcount % 2 == 0).all()  # bit 7 = their parity
 
 
 def quantizer_units(points: np.ndarray, levels) -> np.ndarray:
@@ -130,8 +148,8 @@ def test_iq3_xxs_points_are_a_coset_of_2d4():
     levels = [4, 12, 20, 28, 36, 44, 52, 62]
     points = iquants.grid_points(iq_grids.IQ3XXS_GRID)
     assert set(np.unique(points)) == set(levels)
-    z = (quantizer_units(points, levels) - 1) // 2          # point = (1, 1, 1, 1) + 2·z
-    assert (z.sum(axis=1) % 2 == 0).all()                   # z in D4: integer, even coordinate sum
+    z = (quantizer_units(points, levels) - 1) // 2  # point = (1, 1, 1, 1) + 2·z
+    assert (z.sum(axis=1) % 2 == 0).all()  # z in D4: integer, even coordinate sum
 
 
 def test_iq1_grid_is_ternary_and_distinct():
@@ -200,7 +218,7 @@ def test_iq2_xxs_block_by_hand():
     db = 1·(0.5 + 3)·0.25 = 0.875; ksigns[1] = 129 = bits 0 and 7, so weights 0 and 7 are -0.875·8 = -7."""
     fmt = quants.get("IQ2_XXS")
     qs = np.zeros(32, np.uint16)
-    qs[2], qs[3] = 1, 3 << 12                     # aux1 of the first 32 weights = 1 | 3 << 28
+    qs[2], qs[3] = 1, 3 << 12  # aux1 of the first 32 weights = 1 | 3 << 28
     y = decode_all_ways(fmt, one_block(fmt, d=1.0, qs=qs))
     assert y[:8].tolist() == [-7, 7, 7, 7, 7, 7, 7, -7]
     assert (y[8:32] == 7).all() and (y[32:] == 0.5 * 0.25 * 8).all()
@@ -212,10 +230,10 @@ def test_iq3_s_block_by_hand():
     fmt = quants.get("IQ3_S")
     qs, qh, signs, scales = (np.zeros(n, np.uint8) for n in (64, 8, 32, 4))
     qs[0], qh[0], signs[0], scales[0] = 1, 1, 0b0101, 2
-    point = iq_grids.IQ3S_GRID[257:258].astype("<u4").view(np.uint8).astype(np.float32)   # 4 coordinates
+    point = iq_grids.IQ3S_GRID[257:258].astype("<u4").view(np.uint8).astype(np.float32)  # 4 coordinates
     y = decode_all_ways(fmt, one_block(fmt, d=0.5, qs=qs, qh=qh, signs=signs, scales=scales))
     assert y[:4].tolist() == (2.5 * point * [-1, 1, -1, 1]).tolist()
-    assert (y[4:32] == 2.5).all() and (y[32:64] == 0.5).all()       # point 0 = (1, 1, 1, 1); s = 0
+    assert (y[4:32] == 2.5).all() and (y[32:64] == 0.5).all()  # point 0 = (1, 1, 1, 1); s = 0
 
 
 def test_iq1_m_block_by_hand():
@@ -228,7 +246,7 @@ def test_iq1_m_block_by_hand():
     qh[0] = 0x08
     y = decode_all_ways(fmt, one_block(fmt, qh=qh, scales=sc.view(np.uint8)))
     assert (y[:8] == -6.75).all() and (y[8:16] == -5.25).all()
-    assert (y[16:] == 2 * 1 * (-1 + 0.125)).all()                     # s = 0 elsewhere
+    assert (y[16:] == 2 * 1 * (-1 + 0.125)).all()  # s = 0 elsewhere
 
 
 # ---- files and the model ---------------------------------------------------------------------------------
@@ -238,7 +256,7 @@ def iquant_blocks(shape, qtype: T, rng: np.random.Generator) -> np.ndarray:
     rows, cols = shape
     raw = rng.integers(0, 256, (rows, cols // 256 * fmt.type_size), dtype=np.uint8)
     blocks = raw.reshape(-1, fmt.type_size)
-    if qtype == T.IQ1_M:      # d is the top nibbles of the four uint16 scales: set them to 0x2c00 (1/16)
+    if qtype == T.IQ1_M:  # d is the top nibbles of the four uint16 scales: set them to 0x2c00 (1/16)
         sc = blocks[:, 48:56].copy().view("<u2")
         sc[:] = (sc & 0x0FFF) | (np.array([0x0, 0x0, 0xC, 0x2], dtype="<u2") << 12)
         blocks[:, 48:56] = sc.view(np.uint8)
@@ -259,8 +277,9 @@ def iquant_file(tmp_path_factory):
 
     ggufmaker.encode = encode
     try:
-        path = ggufmaker.write_gguf(tmp_path_factory.mktemp("iq") / "iq.gguf", spec,
-                                    types=ggufmaker.every_type_mix([T[name] for name in NAMES]))
+        path = ggufmaker.write_gguf(
+            tmp_path_factory.mktemp("iq") / "iq.gguf", spec, types=ggufmaker.every_type_mix([T[name] for name in NAMES])
+        )
     finally:
         ggufmaker.encode = original
     return path, spec

@@ -25,9 +25,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "stablelm-lab-test"
 NOTEBOOK = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
-USERS = {"as you": [],
-         "as root": ["unshare", "--user", "--map-root-user"],
-         "as an ordinary user": ["unshare", "--user", "--map-user=1000", "--map-group=1000"]}
+USERS = {
+    "as you": [],
+    "as root": ["unshare", "--user", "--map-root-user"],
+    "as an ordinary user": ["unshare", "--user", "--map-user=1000", "--map-group=1000"],
+}
 
 
 def _free_port() -> int:
@@ -56,14 +58,18 @@ class Lab:
         self.opened = tmp / "browser-opened"
         env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")}
         env.update(JUPYTER_RUNTIME_DIR=str(tmp / "runtime"), JUPYTER_CONFIG_DIR=str(tmp / "config"))
-        if display:   # a display, and a "browser" that records what it was asked to open
+        if display:  # a display, and a "browser" that records what it was asked to open
             browser = tmp / "browser"
             browser.write_text(f'#!/bin/sh\necho "$@" > {self.opened}\n')
             browser.chmod(0o755)
             env.update(DISPLAY=":0", BROWSER=str(browser))
         self.process = subprocess.Popen(
             prefix + [str(ROOT / "bin" / "lab"), "--port", str(self.port), f"--IdentityProvider.token={TOKEN}"],
-            env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+            env=env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def wait_for_url(self, timeout: float = 120) -> str:
         deadline = time.monotonic() + timeout
@@ -106,7 +112,7 @@ def test_bin_lab_serves_the_notebooks_and_opens_the_first(user, display, tmp_pat
     lab = Lab(tmp_path, _user_prefix(user), display)
     try:
         url = lab.wait_for_url()
-        assert url.split("?")[0].endswith("/lab/tree/01_start_here.ipynb"), url   # the first notebook
+        assert url.split("?")[0].endswith("/lab/tree/01_start_here.ipynb"), url  # the first notebook
         status, page = lab.get("/lab")
         assert status == 200 and b"JupyterLab" in page
         status, body = lab.get("/api/contents")
@@ -115,7 +121,7 @@ def test_bin_lab_serves_the_notebooks_and_opens_the_first(user, display, tmp_pat
         assert [f"{i:02d}" for i in range(1, 10)] == [n[:2] for n in names][:9], names
         status, _ = lab.get("/api/contents/01_start_here.ipynb?content=0")
         assert status == 200
-        if display:   # JupyterLab hands the browser a page that redirects to the first notebook
+        if display:  # JupyterLab hands the browser a page that redirects to the first notebook
             deadline = time.monotonic() + 30
             while not lab.opened.exists() and time.monotonic() < deadline:
                 time.sleep(0.5)
@@ -127,7 +133,7 @@ def test_bin_lab_serves_the_notebooks_and_opens_the_first(user, display, tmp_pat
     finally:
         lab.stop()
     assert lab.process.returncode is not None
-    with pytest.raises(OSError):       # the server is gone
+    with pytest.raises(OSError):  # the server is gone
         _get(f"http://127.0.0.1:{lab.port}/api/status")
 
 
@@ -162,9 +168,9 @@ def test_bin_setup_installs_torch_from_the_index_the_learner_names(setup_copy):
     pip = "-m pip install --quiet --disable-pip-version-check"
     calls = run_setup(setup_copy)
     assert calls == ["-m venv .venv", f"{pip} --upgrade pip", f"{pip} torch==2.13.0", f"{pip} -e .[test]"]
-    assert run_setup(setup_copy) == []                      # installed: nothing to do
+    assert run_setup(setup_copy) == []  # installed: nothing to do
     index = "https://example.invalid/whl/cpu"
-    calls = run_setup(setup_copy, STABLELM_TORCH_INDEX_URL=index)   # another choice installs again
+    calls = run_setup(setup_copy, STABLELM_TORCH_INDEX_URL=index)  # another choice installs again
     assert calls == [f"{pip} --upgrade pip", f"{pip} --index-url {index} torch==2.13.0", f"{pip} -e .[test]"]
     assert run_setup(setup_copy, STABLELM_TORCH_INDEX_URL=index) == []
     assert f"{pip} torch==2.12.0" in run_setup(setup_copy, STABLELM_TORCH_VERSION="2.12.0")

@@ -7,24 +7,35 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
+import ggufmaker
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import ggufmaker
 from ggufmaker import TinySpec
+
 from stablelm_lab import StableLM, load_tokenizer
-from stablelm_lab.metrics import (KLDivergence, Perplexity, chunks, kl_divergence, max_abs_error,
-                                  mean_and_uncertainty, percentile, perplexity, rmse, snr_db, tensor_error)
-from stablelm_lab.quantize_file import quantize_gguf
+from stablelm_lab.analysis.metrics import (
+    KLDivergence,
+    Perplexity,
+    chunks,
+    kl_divergence,
+    max_abs_error,
+    mean_and_uncertainty,
+    percentile,
+    perplexity,
+    rmse,
+    snr_db,
+    tensor_error,
+)
+from stablelm_lab.mixes.quantize_file import quantize_gguf
 
 
 # ---- tensors ---------------------------------------------------------------------------------------------
 def test_tensor_errors_by_hand():
     ref = np.array([1.0, -1.0, 1.0, -1.0], dtype=np.float32)
     approx = np.array([1.5, -1.0, 1.0, -1.0], dtype=np.float32)
-    assert rmse(ref, approx) == pytest.approx(0.25)                  # sqrt(0.5² / 4)
+    assert rmse(ref, approx) == pytest.approx(0.25)  # sqrt(0.5² / 4)
     assert snr_db(ref, approx) == pytest.approx(10 * math.log10(16))  # Σref² = 4, Σerr² = 0.25
     assert max_abs_error(ref, approx) == 0.5
     assert snr_db(ref, ref) == float("inf")
@@ -34,11 +45,11 @@ def test_tensor_errors_by_hand():
 
 
 def test_statistics_helpers_by_hand():
-    assert percentile(np.array([0.0, 1, 2, 3]), 0.5) == 1.5              # between the 2nd and 3rd value
+    assert percentile(np.array([0.0, 1, 2, 3]), 0.5) == 1.5  # between the 2nd and 3rd value
     assert percentile(np.array([0.0, 1, 2, 3]), 0.999) == pytest.approx(2.997)
-    values = np.arange(12, dtype=np.float64)                               # mean 5.5, population var 143/12
+    values = np.arange(12, dtype=np.float64)  # mean 5.5, population var 143/12
     assert mean_and_uncertainty(values) == pytest.approx((5.5, math.sqrt(143 / 12 / 11)))
-    assert mean_and_uncertainty(values[:10])[1] == 0.0                     # llama.cpp: no error below 11 values
+    assert mean_and_uncertainty(values[:10])[1] == 0.0  # llama.cpp: no error below 11 values
 
 
 # ---- toy models with a closed-form perplexity ---------------------------------------------------------------
@@ -68,7 +79,7 @@ def counting_tokens(n, n_vocab=16):
 def test_uniform_model_has_perplexity_n_vocab():
     ppl = perplexity(ToyModel(n_vocab=16, peak=0.0), counting_tokens(100), n_ctx=32)
     assert ppl.value == pytest.approx(16.0, rel=1e-12) and ppl.uncertainty < 1e-6
-    assert (ppl.n_chunks, ppl.n_tokens) == (3, 3 * (32 - 16 - 1))         # 100 // 32 chunks, the rest dropped
+    assert (ppl.n_chunks, ppl.n_tokens) == (3, 3 * (32 - 16 - 1))  # 100 // 32 chunks, the rest dropped
 
 
 def test_logits_at_t_predict_token_t_plus_1_on_the_second_half_only():
@@ -108,8 +119,14 @@ def test_a_text_needs_a_tokenizer():
 def test_report_prints_llama_perplexity_lines():
     rng = np.random.default_rng(0)
     nll_base = rng.uniform(0.5, 3, 200)
-    kld = KLDivergence(rng.uniform(0, 0.1, 200), nll_base, nll_base + rng.normal(0, 0.05, 200),
-                       rng.random(200) < 0.9, n_ctx=64, n_chunks=5)
+    kld = KLDivergence(
+        rng.uniform(0, 0.1, 200),
+        nll_base,
+        nll_base + rng.normal(0, 0.05, 200),
+        rng.random(200) < 0.9,
+        n_ctx=64,
+        n_chunks=5,
+    )
     report = kld.report()
     assert f"Mean    KLD: {kld.mean:10.6f} ±" in report
     assert f"Same top p: {100 * kld.top1_agreement:6.3f} ±" in report

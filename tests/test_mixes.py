@@ -8,13 +8,13 @@ import json
 import sys
 from pathlib import Path
 
+import ggufmaker
 import pytest
 from gguf import GGMLQuantizationType as T
 
-import ggufmaker
 from stablelm_lab import GGUFError, GGUFFile
-from stablelm_lab.gguf_file import TensorInfo
-from stablelm_lab.mixes import MIXES, ModelShape, choose_type, explain_mix, get_mix, mix_size, use_more_bits
+from stablelm_lab.container.gguf_file import TensorInfo
+from stablelm_lab.mixes.rules import MIXES, ModelShape, choose_type, explain_mix, get_mix, mix_size, use_more_bits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_golden_mixes  # noqa: E402  (numpy + gguf + ggufmaker only: it rebuilds the golden sources)
@@ -29,8 +29,7 @@ def golden_types(model: str, mix: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mix_sources")
-    return {model: GGUFFile(make_golden_mixes.write_source(tmp / f"{model}.gguf", model))
-            for model in GOLDEN["models"]}
+    return {model: GGUFFile(make_golden_mixes.write_source(tmp / f"{model}.gguf", model)) for model in GOLDEN["models"]}
 
 
 def test_the_golden_files_cover_every_mix():
@@ -58,8 +57,12 @@ def test_sizes_and_bits_per_weight_follow_the_types(sources):
 # ---- StableLM-3B-4E1T by hand: 32 layers, no grouped KV heads, 2560-wide rows ---------------------------
 def stablelm_3b_types(mix: str, role: str) -> dict[int, str]:
     model = ModelShape(n_layer=32, n_gqa=1)
-    return {layer: choose_type(TensorInfo(f"blk.{layer}.{role}.weight", (2560, 2560), T.F16, 0, 0),
-                               get_mix(mix), model).qtype.name for layer in range(32)}
+    return {
+        layer: choose_type(
+            TensorInfo(f"blk.{layer}.{role}.weight", (2560, 2560), T.F16, 0, 0), get_mix(mix), model
+        ).qtype.name
+        for layer in range(32)
+    }
 
 
 def layers_with(types: dict[int, str], qtype: str) -> list[int]:
@@ -83,20 +86,28 @@ def test_k_m_mixes_give_q6_k_where_use_more_bits(mix, role):
 
 
 def test_q3_k_m_per_role():
-    assert layers_with(stablelm_3b_types("Q3_K_M", "attn_v"), "Q5_K") == [0, 1]          # then Q4_K
-    assert layers_with(stablelm_3b_types("Q3_K_M", "ffn_down"), "Q5_K") == [0, 1]        # n/16 = 2
+    assert layers_with(stablelm_3b_types("Q3_K_M", "attn_v"), "Q5_K") == [0, 1]  # then Q4_K
+    assert layers_with(stablelm_3b_types("Q3_K_M", "ffn_down"), "Q5_K") == [0, 1]  # n/16 = 2
     assert set(stablelm_3b_types("Q3_K_M", "attn_output").values()) == {"Q4_K"}
     assert set(stablelm_3b_types("Q3_K_M", "attn_q").values()) == {"Q3_K"}
 
 
 def test_q4_k_s_per_role():
-    assert layers_with(stablelm_3b_types("Q4_K_S", "attn_v"), "Q5_K") == [0, 1, 2, 3]    # i < 4
+    assert layers_with(stablelm_3b_types("Q4_K_S", "attn_v"), "Q5_K") == [0, 1, 2, 3]  # i < 4
     assert layers_with(stablelm_3b_types("Q4_K_S", "ffn_down"), "Q5_K") == [0, 1, 2, 3]  # i < n/8
 
 
-@pytest.mark.parametrize("mix, attn_v, ffn_down, attn_output", [
-    ("Q2_K", "Q3_K", "Q3_K", "Q3_K"), ("Q3_K_S", "Q3_K", "Q3_K", "Q3_K"), ("Q3_K_L", "Q5_K", "Q5_K", "Q5_K"),
-    ("Q5_K_S", "Q5_K", "Q5_K", "Q5_K"), ("Q6_K", "Q6_K", "Q6_K", "Q6_K"), ("Q4_0", "Q4_0", "Q4_0", "Q4_0")])
+@pytest.mark.parametrize(
+    "mix, attn_v, ffn_down, attn_output",
+    [
+        ("Q2_K", "Q3_K", "Q3_K", "Q3_K"),
+        ("Q3_K_S", "Q3_K", "Q3_K", "Q3_K"),
+        ("Q3_K_L", "Q5_K", "Q5_K", "Q5_K"),
+        ("Q5_K_S", "Q5_K", "Q5_K", "Q5_K"),
+        ("Q6_K", "Q6_K", "Q6_K", "Q6_K"),
+        ("Q4_0", "Q4_0", "Q4_0", "Q4_0"),
+    ],
+)
 def test_mixes_that_treat_every_layer_alike(mix, attn_v, ffn_down, attn_output):
     for role, qtype in [("attn_v", attn_v), ("ffn_down", ffn_down), ("attn_output", attn_output)]:
         assert set(stablelm_3b_types(mix, role).values()) == {qtype}, role
@@ -111,8 +122,11 @@ def test_output_head(mix, qtype):
 
 def test_norms_and_biases_keep_their_type_token_embd_gets_the_base():
     model, mix = ModelShape(32, 1), get_mix("Q4_K_M")
-    for name, shape in [("blk.0.attn_norm.weight", (2560,)), ("blk.0.attn_q.bias", (2560,)),
-                        ("blk.0.attn_q_norm.weight", (32, 80))]:   # StableLM 2's per-head norm is 2-D
+    for name, shape in [
+        ("blk.0.attn_norm.weight", (2560,)),
+        ("blk.0.attn_q.bias", (2560,)),
+        ("blk.0.attn_q_norm.weight", (32, 80)),
+    ]:  # StableLM 2's per-head norm is 2-D
         choice = choose_type(TensorInfo(name, shape, T.F32, 0, 0), mix, model)
         assert choice.qtype == T.F32 and "kept" in choice.rule, name
     embd = choose_type(TensorInfo("token_embd.weight", (50304, 2560), T.F16, 0, 0), mix, model)
@@ -120,14 +134,23 @@ def test_norms_and_biases_keep_their_type_token_embd_gets_the_base():
 
 
 def test_grouped_kv_heads_give_q2_k_attn_v_q4_k():
-    attn_v = TensorInfo("blk.3.attn_v.weight", (1280, 5120), T.F16, 0, 0)   # StableLM 2 12B: 32 heads, 8 KV
+    attn_v = TensorInfo("blk.3.attn_v.weight", (1280, 5120), T.F16, 0, 0)  # StableLM 2 12B: 32 heads, 8 KV
     assert choose_type(attn_v, get_mix("Q2_K"), ModelShape(40, 4)).qtype == T.Q4_K
     assert choose_type(attn_v, get_mix("Q2_K"), ModelShape(40, 2)).qtype == T.Q3_K
 
 
-@pytest.mark.parametrize("chosen, n_cols, fallback", [
-    ("Q2_K", 288, "Q4_0"), ("Q3_K", 288, "Q4_0"), ("Q4_K", 288, "Q5_0"), ("Q5_K", 288, "Q5_1"),
-    ("Q6_K", 288, "Q8_0"), ("Q4_K", 100, "F16"), ("Q4_K", 512, "Q4_K")])
+@pytest.mark.parametrize(
+    "chosen, n_cols, fallback",
+    [
+        ("Q2_K", 288, "Q4_0"),
+        ("Q3_K", 288, "Q4_0"),
+        ("Q4_K", 288, "Q5_0"),
+        ("Q5_K", 288, "Q5_1"),
+        ("Q6_K", 288, "Q8_0"),
+        ("Q4_K", 100, "F16"),
+        ("Q4_K", 512, "Q4_K"),
+    ],
+)
 def test_rows_that_do_not_fit_fall_back(chosen, n_cols, fallback):
     mix = next(m for m in MIXES.values() if m.base.name == chosen)
     choice = choose_type(TensorInfo("blk.5.attn_q.weight", (256, n_cols), T.F32, 0, 0), mix, ModelShape(32, 1))

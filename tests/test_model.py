@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ggufmaker
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as T, GGUFReader
-
-import ggufmaker
 from devices import TORCH_DEVICES
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader
 from ggufmaker import TinySpec
+
 from stablelm_lab import GGUFError, StableLM, quants
 from stablelm_lab.model import LayerNorm, Rotary
 
@@ -23,8 +24,9 @@ SPECS = {
     # StableLM-3B-4E1T's shape in small: sequential residual, rotary on a quarter of each head
     "sequential-gqa-rot0.25": TinySpec(n_head_kv=2, n_rot=16),
     # StableLM 2 12B's features: parallel residual, per-head q/k norms, q/k/v biases, rotary on half
-    "parallel-qknorm-bias-rot0.5": TinySpec(n_head_kv=4, n_rot=32, parallel_residual=True, qkv_bias=True,
-                                            qk_norm=True, rope_base=500.0, seed=1),
+    "parallel-qknorm-bias-rot0.5": TinySpec(
+        n_head_kv=4, n_rot=32, parallel_residual=True, qkv_bias=True, qk_norm=True, rope_base=500.0, seed=1
+    ),
     # StableLM 2 1.6B's: biases, sequential, one KV head, an odd rotary width
     "sequential-mqa-bias-rot24": TinySpec(n_layer=3, n_head_kv=1, n_rot=24, qkv_bias=True, seed=2),
 }
@@ -63,7 +65,7 @@ def test_layernorm_is_the_formula(dtype):
 
 
 def test_per_head_layernorm_is_the_formula_for_each_head():
-    norm = LayerNorm((4, 16), eps=1e-5, bias=False)          # StableLM 2's q/k norm: a weight per head
+    norm = LayerNorm((4, 16), eps=1e-5, bias=False)  # StableLM 2's q/k norm: a weight per head
     norm.weight = torch.nn.Parameter(torch.randn(4, 16), requires_grad=False)
     x = torch.randn(2, 3, 4, 16) * 2 - 1
     torch.testing.assert_close(norm(x).double(), layer_norm_formula(x, norm.weight), atol=1e-5, rtol=1e-5)
@@ -76,8 +78,9 @@ def test_rotary_turns_pairs_i_and_i_plus_half():
     out = Rotary(n_rot, base)(x.float(), pos).double()
     # the same rotation as complex multiplication: (x_i + j x_{i+10}) * e^{j pos theta_i}
     theta = base ** (-torch.arange(0, n_rot, 2, dtype=torch.float64) / n_rot)
-    z = torch.complex(x[..., :n_rot // 2], x[..., n_rot // 2:n_rot]) * torch.polar(
-        torch.ones(7, 1, n_rot // 2, dtype=torch.float64), pos[:, None, None].double() * theta)
+    z = torch.complex(x[..., : n_rot // 2], x[..., n_rot // 2 : n_rot]) * torch.polar(
+        torch.ones(7, 1, n_rot // 2, dtype=torch.float64), pos[:, None, None].double() * theta
+    )
     expected = torch.cat([z.real, z.imag, x[..., n_rot:]], dim=-1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(out[..., n_rot:], x[..., n_rot:])  # dims past n_rot untouched
@@ -120,7 +123,9 @@ def test_kv_cache_decoding_equals_full_recomputation(pair):
     ids = prompt(20, seed=3)
     full = hf(ids).logits
     cache = ours.new_cache()
-    steps = [ours(ids[:, :8], cache)] + [ours(ids[:, t:t + 1], cache) for t in range(8, 17)] + [ours(ids[:, 17:], cache)]
+    steps = (
+        [ours(ids[:, :8], cache)] + [ours(ids[:, t : t + 1], cache) for t in range(8, 17)] + [ours(ids[:, 17:], cache)]
+    )
     assert len(cache) == 20
     assert (torch.cat(steps, dim=1) - full).abs().max().item() < LOGITS_ATOL
 
@@ -128,7 +133,7 @@ def test_kv_cache_decoding_equals_full_recomputation(pair):
 @torch.no_grad()
 def test_greedy_tokens_match_transformers(pair):
     ours, hf, spec = pair
-    from stablelm_lab.generate import generate_ids
+    from stablelm_lab.text.generate import generate_ids
 
     ids = prompt(6, seed=4)[0]
     theirs = hf.generate(ids[None], max_new_tokens=32, do_sample=False, pad_token_id=0)[0, 6:].tolist()
@@ -153,8 +158,18 @@ def test_activation_names_are_llama_cpp_graph_names(pair):
     ours, hf, spec = pair
     _, acts = ours.run_with_cache(prompt(4))
     assert list(acts) == ours.activation_names()
-    assert {"blk.0.attn_norm", "blk.0.Qcur", "blk.0.Kcur", "blk.0.Vcur", "blk.0.kq_soft_max", "blk.0.attn_out",
-            "blk.0.ffn_inp", "blk.0.ffn_out", "blk.0.l_out", "result_norm"} <= set(acts)
+    assert {
+        "blk.0.attn_norm",
+        "blk.0.Qcur",
+        "blk.0.Kcur",
+        "blk.0.Vcur",
+        "blk.0.kq_soft_max",
+        "blk.0.attn_out",
+        "blk.0.ffn_inp",
+        "blk.0.ffn_out",
+        "blk.0.l_out",
+        "result_norm",
+    } <= set(acts)
     assert acts["blk.0.Qcur"].shape == (2, 4, spec.n_head, spec.head_dim)
     assert acts["blk.0.Kcur"].shape == (2, 4, spec.n_head_kv, spec.head_dim)
     with pytest.raises(KeyError, match="no activations named"):
@@ -166,8 +181,24 @@ QUANT_CASES = {
     "Q8_0": ggufmaker.uniform(T.Q8_0),
     "Q4_0": ggufmaker.uniform(T.Q4_0),
     "Q4_K_M-like": ggufmaker.q4_k_m_mix,
-    "every-type": ggufmaker.every_type_mix([T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K,
-                                            T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K, T.IQ4_NL, T.IQ4_XS]),
+    "every-type": ggufmaker.every_type_mix(
+        [
+            T.F16,
+            T.BF16,
+            T.Q4_0,
+            T.Q4_1,
+            T.Q5_0,
+            T.Q5_1,
+            T.Q8_0,
+            T.Q2_K,
+            T.Q3_K,
+            T.Q4_K,
+            T.Q5_K,
+            T.Q6_K,
+            T.IQ4_NL,
+            T.IQ4_XS,
+        ]
+    ),
 }
 
 
@@ -233,10 +264,11 @@ def test_cached_decoding_and_greedy_tokens_on_each_device(device, lean, tmp_path
     hf = ggufmaker.transformers_model(path, spec)
     ids = prompt(12, seed=10)
     cache = ours.new_cache()
-    steps = [ours(ids[:, :8], cache)] + [ours(ids[:, t:t + 1], cache) for t in range(8, 12)]
+    steps = [ours(ids[:, :8], cache)] + [ours(ids[:, t : t + 1], cache) for t in range(8, 12)]
     assert (torch.cat(steps, dim=1).cpu() - hf(ids).logits).abs().max().item() < LOGITS_ATOL
 
-    from stablelm_lab.generate import generate_ids
+    from stablelm_lab.text.generate import generate_ids
+
     theirs = hf.generate(ids[:1, :6], max_new_tokens=24, do_sample=False, pad_token_id=0)[0, 6:].tolist()
     assert list(generate_ids(ours, ids[0, :6].tolist(), max_new_tokens=24, do_sample=False)) == theirs
 
@@ -249,8 +281,17 @@ def test_files_quantized_by_llama_cpp(name):
     require_formats(path)
     ours = StableLM.from_gguf(path)
     cfg = ours.config
-    spec = TinySpec(n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                    n_head_kv=cfg.n_head_kv, n_ff=cfg.n_ff, n_ctx=cfg.n_ctx, n_rot=cfg.n_rot, norm_eps=cfg.norm_eps)
+    spec = TinySpec(
+        n_vocab=cfg.n_vocab,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_head_kv=cfg.n_head_kv,
+        n_ff=cfg.n_ff,
+        n_ctx=cfg.n_ctx,
+        n_rot=cfg.n_rot,
+        norm_eps=cfg.norm_eps,
+    )
     hf = ggufmaker.transformers_model(path, spec)
     ids = prompt(12, vocab=cfg.n_vocab)
     assert (ours(ids) - hf(ids).logits).abs().max().item() < LOGITS_ATOL

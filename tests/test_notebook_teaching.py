@@ -16,7 +16,9 @@ NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("
 FIGURE_MIMES = {"application/vnd.plotly.v1+json", "image/png", "image/svg+xml"}
 
 #: a number followed by a unit the prose quotes
-QUOTED = re.compile(r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*(bits per weight|bits/weight|bits/w|bpw|dB|bytes|GB|MB|GiB|MiB)\b")
+QUOTED = re.compile(
+    r"(?<![\w.])(\d[\d,]*(?:\.\d+)?)\s*(bits per weight|bits/weight|bits/w|bpw|dB|bytes|GB|MB|GiB|MiB)\b"
+)
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 #: numbers the prose may quote without an output showing them, each with where it comes from
@@ -68,14 +70,15 @@ def shown(quoted: str, numbers: list[float]) -> bool:
     """Some output shows the quoted number, to the precision it is quoted with."""
     value = float(quoted.replace(",", ""))
     decimals = len(quoted.split(".")[1]) if "." in quoted else 0
-    return any(abs(x - value) <= 0.5 * 10 ** -decimals + 1e-9 for x in numbers)
+    return any(abs(x - value) <= 0.5 * 10**-decimals + 1e-9 for x in numbers)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_starts_with_its_objective(path):
     first = load(path)["cells"][0]
-    assert first["cell_type"] == "markdown" and "**Objective.**" in source(first), \
+    assert first["cell_type"] == "markdown" and "**Objective.**" in source(first), (
         f"{path.name}: the first cell must state the objective (**Objective.** ...)"
+    )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -90,13 +93,20 @@ def test_ends_on_a_picture(path):
 def test_prose_numbers_are_shown_by_the_code(path):
     nb = load(path)
     numbers = output_numbers(nb)
-    stale = [f"{q} {unit}" for q, unit in quoted_numbers(nb)
-             if (q, unit) not in FROM_SOURCES and not shown(q, numbers)]
+    stale = [f"{q} {unit}" for q, unit in quoted_numbers(nb) if (q, unit) not in FROM_SOURCES and not shown(q, numbers)]
     assert not stale, f"{path.name}: the prose quotes numbers no output shows: {stale}"
 
 
 def test_the_check_catches_a_stale_number():
-    nb = {"cells": [{"cell_type": "markdown", "source": ["Q4_K gives 22.9 dB at 4.5 bits per weight."]},
-                    {"cell_type": "code", "source": [], "outputs": [{"output_type": "stream", "text": ["Q4_K 4.5000 23.41\n"]}]}]}
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "source": ["Q4_K gives 22.9 dB at 4.5 bits per weight."]},
+            {
+                "cell_type": "code",
+                "source": [],
+                "outputs": [{"output_type": "stream", "text": ["Q4_K 4.5000 23.41\n"]}],
+            },
+        ]
+    }
     numbers = output_numbers(nb)
     assert [q for q, _ in quoted_numbers(nb) if not shown(q, numbers)] == ["22.9"]

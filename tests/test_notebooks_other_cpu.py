@@ -26,7 +26,12 @@ def test_notebooks_pass_nbval_under_torchs_plain_kernels_on_one_thread():
     env = {**os.environ, **PLAIN}
     probe = "import torch; print(torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())"
     seen = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert seen.stdout.split() == ["DEFAULT", "1"], seen.stdout    # what the notebooks' kernels start with
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, NOTEBOOKS)],
-                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert seen.stdout.split() == ["DEFAULT", "1"], seen.stdout  # what the notebooks' kernels start with
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, NOTEBOOKS)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stdout[-8000:]

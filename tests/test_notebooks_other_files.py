@@ -9,43 +9,65 @@ compared (they are another model's): a cell that raises fails the test.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import ggufmaker
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-import ggufmaker
-
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-GQA_512 = ggufmaker.TinySpec(n_vocab=512, n_embd=512, n_layer=2, n_head=8, n_head_kv=2, n_ff=1536, n_rot=16,
-                             rope_base=10000.0)
+GQA_512 = ggufmaker.TinySpec(
+    n_vocab=512, n_embd=512, n_layer=2, n_head=8, n_head_kv=2, n_ff=1536, n_rot=16, rope_base=10000.0
+)
 
 
 @pytest.fixture(scope="module", params=["gqa-512-2L", "3b-width-2L"])
 def other_file(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "gqa-512-2L":
-        return ggufmaker.write_gguf(folder / "gqa-512-2L.gguf", GQA_512, types=ggufmaker.q4_k_m_mix,
-                                    tokenizer=ggufmaker.train_neox_tokenizer(400))
-    subprocess.run([sys.executable, str(ROOT / "tools" / "make_3b_gguf.py"), "--out", str(folder), "--mixes",
-                    "Q4_K_M", "--random-blocks", "--layers", "2", "--tokenizer", "neox"],
-                   check=True, capture_output=True)
+        return ggufmaker.write_gguf(
+            folder / "gqa-512-2L.gguf",
+            GQA_512,
+            types=ggufmaker.q4_k_m_mix,
+            tokenizer=ggufmaker.train_neox_tokenizer(400),
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools" / "make_3b_gguf.py"),
+            "--out",
+            str(folder),
+            "--mixes",
+            "Q4_K_M",
+            "--random-blocks",
+            "--layers",
+            "2",
+            "--tokenizer",
+            "neox",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return next(folder.glob("*.gguf"))
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.name[:2] for p in NOTEBOOKS])
 def test_notebook_runs_on_another_file(notebook, other_file, monkeypatch):
-    monkeypatch.setenv("STABLELM_GGUF", str(other_file))     # the kernel inherits the environment
+    monkeypatch.setenv("STABLELM_GGUF", str(other_file))  # the kernel inherits the environment
     nb = nbformat.read(notebook, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}},
-                   store_widget_state=False).execute()
+    NotebookClient(
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(notebook.parent)}},
+        store_widget_state=False,
+    ).execute()
     printed = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     if notebook.name.startswith("01"):
         assert other_file.name in printed, "notebook 01 names the file it opened"
-    if notebook.name.startswith("09"):   # its section 4 compares the embedded default with its own mixes
+    if notebook.name.startswith("09"):  # its section 4 compares the embedded default with its own mixes
         assert f"{other_file.name} is not the embedded default" in printed and "skipped" in printed

@@ -10,13 +10,13 @@ import numpy as np
 import plotly.graph_objects as go
 import plotly.io as pio
 import pytest
-
 from plotly_outputs import PLOTLY_JSON, figures_match, html_match, tolerant_outputs
 
 
 def figure(y, names=("residual", "attention"), title="mean L2 norm", z=None):
-    fig = go.Figure([go.Scatter(x=np.arange(len(y)), y=y * (i + 1), name=n, mode="lines+markers")
-                     for i, n in enumerate(names)])
+    fig = go.Figure(
+        [go.Scatter(x=np.arange(len(y)), y=y * (i + 1), name=n, mode="lines+markers") for i, n in enumerate(names)]
+    )
     if z is not None:
         fig.add_trace(go.Heatmap(z=z, text=[["a", "b"], ["c", "d"]], name="heat"))
     fig.update_layout(yaxis_title=title, title="Residual stream norms")
@@ -40,16 +40,19 @@ def test_one_ulp_of_noise_passes():
     assert figures_match(figure(Y, z=Z), figure(one_ulp(Y), z=one_ulp(Z))) is None
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda: figure(Y + np.array([0, 0, 1e-3 * 111.78, 0]), z=Z), "differs by up to"),
-    (lambda: figure(Y, z=Z + np.float32(1e-3)), "differs by up to"),
-    (lambda: figure(Y, names=("residual",), z=Z), "items stored"),
-    (lambda: figure(Y[:3], z=Z), "shape"),
-    (lambda: figure(Y, z=Z.T.copy().reshape(1, 4)), "shape"),
-    (lambda: figure(Y, title="mean L1 norm", z=Z), "mean L2 norm"),
-    (lambda: figure(Y, names=("residual", "MLP"), z=Z), "attention"),
-    (lambda: figure(Y.astype(np.float32), z=Z), "dtype"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda: figure(Y + np.array([0, 0, 1e-3 * 111.78, 0]), z=Z), "differs by up to"),
+        (lambda: figure(Y, z=Z + np.float32(1e-3)), "differs by up to"),
+        (lambda: figure(Y, names=("residual",), z=Z), "items stored"),
+        (lambda: figure(Y[:3], z=Z), "shape"),
+        (lambda: figure(Y, z=Z.T.copy().reshape(1, 4)), "shape"),
+        (lambda: figure(Y, title="mean L1 norm", z=Z), "mean L2 norm"),
+        (lambda: figure(Y, names=("residual", "MLP"), z=Z), "attention"),
+        (lambda: figure(Y.astype(np.float32), z=Z), "dtype"),
+    ],
+)
 def test_a_real_change_fails(change, expected):
     problem = figures_match(figure(Y, z=Z), change())
     assert problem is not None and expected in problem, problem

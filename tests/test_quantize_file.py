@@ -23,8 +23,8 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from stablelm_lab import GGUFError, GGUFFile, quants
-from stablelm_lab.mixes import MIXES
-from stablelm_lab.quantize_file import llama_order, quantize_gguf
+from stablelm_lab.mixes.quantize_file import llama_order, quantize_gguf
+from stablelm_lab.mixes.rules import MIXES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_golden_mixes  # noqa: E402
@@ -34,8 +34,9 @@ GOLDEN_DIR = Path(__file__).parent / "golden" / "mixes"
 GOLDEN = json.loads((GOLDEN_DIR / "mixes.json").read_text())
 #: Every mix of stablelm16; of gqa12 (whose types test_mixes.py checks in every mix) the ones whose bytes
 #: take another path: the F32 source, and each fallback type (Q4_0, Q5_0, Q5_1, Q8_0) of its 288-wide rows.
-CASES = [("stablelm16", mix) for mix in MIXES] + [("gqa12", mix) for mix in ["Q4_0", "Q2_K", "Q4_K_S", "Q4_K_M",
-                                                                             "Q5_K_S"]]
+CASES = [("stablelm16", mix) for mix in MIXES] + [
+    ("gqa12", mix) for mix in ["Q4_0", "Q2_K", "Q4_K_S", "Q4_K_M", "Q5_K_S"]
+]
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +63,9 @@ def outputs(quantized):
 
 @pytest.mark.parametrize("model", list(GOLDEN["models"]))
 def test_sources_are_the_ones_llama_cpp_quantized(sources, model):
-    assert sha256(np.fromfile(sources[model], np.uint8)) == GOLDEN["models"][model]["source_sha256"], \
+    assert sha256(np.fromfile(sources[model], np.uint8)) == GOLDEN["models"][model]["source_sha256"], (
         "the rebuilt source differs from the golden one: numpy's random stream or gguf-py's writer changed"
+    )
 
 
 @pytest.mark.parametrize("model, mix", CASES)

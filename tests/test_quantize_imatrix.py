@@ -20,8 +20,8 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from stablelm_lab import GGUFFile, quants
-from stablelm_lab.mixes import MIXES, explain_mix
-from stablelm_lab.quantize_file import quantize_gguf
+from stablelm_lab.mixes.quantize_file import quantize_gguf
+from stablelm_lab.mixes.rules import MIXES, explain_mix
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 import make_golden_mixes  # noqa: E402
@@ -51,16 +51,22 @@ def rows():
 # ---- rows -----------------------------------------------------------------------------------------
 def test_golden_covers_the_eleven_types_twelve_characters_five_vectors(rows, importance):
     assert WEIGHTED == ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS"]
-    assert all(set(by_row) == set(rows) and all(set(v) == set(importance) for v in by_row.values())
-               for by_row in ROW_HASHES.values())
+    assert all(
+        set(by_row) == set(rows) and all(set(v) == set(importance) for v in by_row.values())
+        for by_row in ROW_HASHES.values()
+    )
     assert len(rows) == 12 and len(importance) == 5
 
 
 @pytest.mark.parametrize("name", WEIGHTED)
 def test_quantize_with_imatrix_equals_ggml(name, rows, importance):
     fmt = quants.get(name)
-    wrong = [f"{character}/{vector}" for character, x in rows.items() for vector, v in importance.items()
-             if sha256_prefix(fmt.quantize(x, imatrix=v)) != ROW_HASHES[name][character][vector]]
+    wrong = [
+        f"{character}/{vector}"
+        for character, x in rows.items()
+        for vector, v in importance.items()
+        if sha256_prefix(fmt.quantize(x, imatrix=v)) != ROW_HASHES[name][character][vector]
+    ]
     assert not wrong, f"{name}: {len(wrong)} of 60 cases differ from ggml_quantize_chunk: {wrong}"
 
 
@@ -79,13 +85,19 @@ def test_types_whose_ggml_quantizer_ignores_the_imatrix(rows, importance):
     with np.load(Path(__file__).parent / "golden" / "quant_rows.npz") as npz:
         for name in ["Q8_0", "TQ1_0", "TQ2_0", "MXFP4"]:
             x = rows["heavy_tailed"]
-            assert np.array_equal(quants.get(name).quantize(x, imatrix=importance["spiky"]),
-                                  npz[f"quantized/{name}/heavy_tailed"]), name
+            assert np.array_equal(
+                quants.get(name).quantize(x, imatrix=importance["spiky"]), npz[f"quantized/{name}/heavy_tailed"]
+            ), name
 
 
-@pytest.mark.parametrize("bad, message", [(np.ones(256, np.float32), "shape \\(512,\\)"),
-                                          (np.ones((2, 512), np.float32), "shape \\(512,\\)"),
-                                          (np.r_[np.ones(511), np.nan].astype(np.float32), "column 511")])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.ones(256, np.float32), "shape \\(512,\\)"),
+        (np.ones((2, 512), np.float32), "shape \\(512,\\)"),
+        (np.r_[np.ones(511), np.nan].astype(np.float32), "column 511"),
+    ],
+)
 def test_a_bad_importance_vector_gets_one_clear_error(rows, bad, message):
     with pytest.raises(ValueError, match=message):
         quants.get("Q4_K").quantize(rows["gaussian"], imatrix=bad)
@@ -105,19 +117,20 @@ def read_importance(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     importance = {}
     for name in tensors:
         if name.endswith(".in_sum2"):
-            base = name[:-len(".in_sum2")]
+            base = name[: -len(".in_sum2")]
             count = np.float32(np.round(tensors[base + ".counts"][0]))
             importance[base] = tensors[name] / count if count > 0 else np.ones_like(tensors[name])
     datasets = reader.fields["imatrix.datasets"]
-    provenance = {"imatrix_dataset": bytes(datasets.parts[datasets.data[0]]).decode(),
-                  "imatrix_chunks": int(reader.fields["imatrix.chunk_count"].parts[-1][0])}
+    provenance = {
+        "imatrix_dataset": bytes(datasets.parts[datasets.data[0]]).decode(),
+        "imatrix_chunks": int(reader.fields["imatrix.chunk_count"].parts[-1][0]),
+    }
     return importance, provenance
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    path = make_golden_mixes.write_source(tmp_path_factory.mktemp("imatrix_source") / "stablelm16.gguf",
-                                          "stablelm16")
+    path = make_golden_mixes.write_source(tmp_path_factory.mktemp("imatrix_source") / "stablelm16.gguf", "stablelm16")
     assert sha256(np.fromfile(path, np.uint8)) == MIXES_GOLDEN["source_sha256"]
     return path
 
@@ -129,8 +142,9 @@ def imatrix():
 
 def quantize_with_imatrix(source, dst, mix, imatrix):
     importance, provenance = imatrix
-    return quantize_gguf(source, dst, mix, progress=False, imatrix=importance,
-                         imatrix_file=MIXES_GOLDEN["imatrix_file"], **provenance)
+    return quantize_gguf(
+        source, dst, mix, progress=False, imatrix=importance, imatrix_file=MIXES_GOLDEN["imatrix_file"], **provenance
+    )
 
 
 @pytest.mark.parametrize("mix", list(MIXES))
@@ -158,9 +172,14 @@ def test_output_is_llama_quantize_imatrix_file_byte_for_byte(source, imatrix, mi
 def test_imatrix_metadata_appended_after_the_file_type(source, imatrix, tmp_path):
     quantize_with_imatrix(source, tmp_path / "q.gguf", "Q6_K", imatrix)
     out = GGUFFile(tmp_path / "q.gguf")
-    assert list(out.metadata)[-6:] == ["general.quantization_version", "general.file_type",
-                                       "quantize.imatrix.file", "quantize.imatrix.dataset",
-                                       "quantize.imatrix.entries_count", "quantize.imatrix.chunks_count"]
+    assert list(out.metadata)[-6:] == [
+        "general.quantization_version",
+        "general.file_type",
+        "quantize.imatrix.file",
+        "quantize.imatrix.dataset",
+        "quantize.imatrix.entries_count",
+        "quantize.imatrix.chunks_count",
+    ]
     assert out.metadata["quantize.imatrix.entries_count"] == len(imatrix[0])
     assert out.metadata["quantize.imatrix.file"] == MIXES_GOLDEN["imatrix_file"]
 
@@ -183,10 +202,19 @@ def test_the_embedded_default_with_an_imatrix_llama_imatrix_collected(tmp_path):
     importance, provenance = read_importance(root / golden["imatrix_file"])
     assert provenance["imatrix_dataset"] == "data/heldout.txt" and "output.weight" in importance
     path = tmp_path / "default.Q4_K_M.gguf"
-    quantize_gguf(root / golden["source"], path, golden["mix"], progress=False, imatrix=importance,
-                  imatrix_file=golden["imatrix_file"], **provenance)
+    quantize_gguf(
+        root / golden["source"],
+        path,
+        golden["mix"],
+        progress=False,
+        imatrix=importance,
+        imatrix_file=golden["imatrix_file"],
+        **provenance,
+    )
     if sha256(np.fromfile(path, np.uint8)) != golden["file_sha256"]:
         g = GGUFFile(path)
         ours = {t.name: f"{t.qtype.name} {t.nbytes} {sha256(g.raw(t.name))[:16]}" for t in g.tensors}
-        pytest.fail(f"differs from llama-quantize --imatrix: "
-                    f"{ {n: (ours.get(n), r) for n, r in golden['tensors'].items() if ours.get(n) != r} }")
+        pytest.fail(
+            f"differs from llama-quantize --imatrix: "
+            f"{ {n: (ours.get(n), r) for n, r in golden['tensors'].items() if ours.get(n) != r} }"
+        )

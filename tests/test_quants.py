@@ -12,15 +12,40 @@ import gguf
 import numpy as np
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
-
 from devices import TORCH_DEVICES
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+
 from stablelm_lab import quants
 
 GOLDEN = Path(__file__).parent / "golden"
-EXPECTED = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-            "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4",
-            "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
+EXPECTED = [
+    "F32",
+    "F16",
+    "BF16",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+    "IQ4_NL",
+    "IQ4_XS",
+    "TQ1_0",
+    "TQ2_0",
+    "MXFP4",
+    "IQ2_XXS",
+    "IQ2_XS",
+    "IQ2_S",
+    "IQ3_XXS",
+    "IQ3_S",
+    "IQ1_S",
+    "IQ1_M",
+]
 #: The lattice i-quants: their llama.cpp golden is tests/golden/iquant_blocks.npz (tests/test_iquants.py).
 IQUANTS = {"IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"}
 ALL = list(quants.FORMATS.values())  # test_registry_holds_every_format checks that none is missing
@@ -44,15 +69,17 @@ def assert_same_bits(ours: np.ndarray, truth: np.ndarray, block_size: int, what:
     assert ours.shape == truth.shape, f"{what}: shape {ours.shape} != {truth.shape}"
     same = (ours.view(np.uint32) == truth.view(np.uint32)) | (np.isnan(ours) & np.isnan(truth))
     bad_blocks = np.flatnonzero(~same.reshape(-1, block_size).all(axis=1))
-    assert bad_blocks.size == 0, (f"{what}: {bad_blocks.size} of {same.size // block_size} blocks differ, "
-                                  f"first at block {bad_blocks[0]}")
+    assert bad_blocks.size == 0, (
+        f"{what}: {bad_blocks.size} of {same.size // block_size} blocks differ, first at block {bad_blocks[0]}"
+    )
 
 
 def assert_same_bytes(ours: np.ndarray, truth: np.ndarray, type_size: int, what: str) -> None:
     assert ours.dtype == np.uint8 and ours.shape == truth.shape, f"{what}: {ours.shape} vs {truth.shape}"
     bad_blocks = np.flatnonzero((ours.reshape(-1, type_size) != truth.reshape(-1, type_size)).any(axis=1))
-    assert bad_blocks.size == 0, (f"{what}: {bad_blocks.size} of {ours.size // type_size} blocks differ, "
-                                  f"first at block {bad_blocks[0]}")
+    assert bad_blocks.size == 0, (
+        f"{what}: {bad_blocks.size} of {ours.size // type_size} blocks differ, first at block {bad_blocks[0]}"
+    )
 
 
 def random_bytes(fmt, n_blocks: int, seed: int) -> np.ndarray:
@@ -134,8 +161,11 @@ def test_torch_decoder_writes_into_a_given_output(fmt, device):
 def test_torch_decoder_refuses_an_output_it_cannot_fill(bad):
     fmt = quants.get("Q4_K")
     raw = torch.from_numpy(random_bytes(fmt, 16, seed=3).reshape(2, -1))
-    out = {"shape": torch.empty(2, 2047), "dtype": torch.empty(2, 2048, dtype=torch.float16),
-           "strided": torch.empty(2048, 2).T}[bad]
+    out = {
+        "shape": torch.empty(2, 2047),
+        "dtype": torch.empty(2, 2048, dtype=torch.float16),
+        "strided": torch.empty(2048, 2).T,
+    }[bad]
     with pytest.raises(ValueError, match=r"out must be a contiguous float32 tensor of shape \(2, 2048\)"):
         fmt.dequantize_torch(raw, out=out)
 
@@ -143,8 +173,9 @@ def test_torch_decoder_refuses_an_output_it_cannot_fill(bad):
 @pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
 def test_reference_decoder_equals_gguf_py_on_random_bytes(fmt):
     raw = random_bytes(fmt, RANDOM_BLOCKS, seed=fmt.qtype.value)
-    assert_same_bits(fmt.dequantize_reference(raw), gguf_py_dequantize(raw, fmt), fmt.block_size,
-                     f"{fmt.name} reference")
+    assert_same_bits(
+        fmt.dequantize_reference(raw), gguf_py_dequantize(raw, fmt), fmt.block_size, f"{fmt.name} reference"
+    )
 
 
 GOLDEN_ROW_FORMATS = [f for f in BLOCK_FORMATS if f.name not in IQUANTS]
@@ -154,13 +185,20 @@ GOLDEN_ROW_FORMATS = [f for f in BLOCK_FORMATS if f.name not in IQUANTS]
 def test_decoders_equal_llama_cpp(fmt, golden_rows):
     """llama.cpp's dequantize_row_* on random bytes and on blocks its quantizer wrote."""
     cases = [(golden_rows[f"random_bytes/{fmt.name}"], golden_rows[f"random_decoded/{fmt.name}"])]
-    cases += [(golden_rows[key], golden_rows[key.replace("quantized/", "dequantized/", 1)])
-              for key in golden_rows if key.startswith(f"quantized/{fmt.name}/")]
+    cases += [
+        (golden_rows[key], golden_rows[key.replace("quantized/", "dequantized/", 1)])
+        for key in golden_rows
+        if key.startswith(f"quantized/{fmt.name}/")
+    ]
     for raw, truth in cases:
         assert_same_bits(fmt.dequantize(raw), truth, fmt.block_size, f"{fmt.name} numpy")
         for device in TORCH_DEVICES:
-            assert_same_bits(fmt.dequantize_torch(torch.from_numpy(raw).to(device)).cpu().numpy(), truth,
-                             fmt.block_size, f"{fmt.name} torch on {device}")
+            assert_same_bits(
+                fmt.dequantize_torch(torch.from_numpy(raw).to(device)).cpu().numpy(),
+                truth,
+                fmt.block_size,
+                f"{fmt.name} torch on {device}",
+            )
         assert_same_bits(fmt.dequantize_reference(raw), truth, fmt.block_size, f"{fmt.name} reference")
 
 
@@ -177,10 +215,23 @@ def test_decoders_keep_leading_dimensions(fmt):
 def test_nearest_int_is_ggml_bit_trick_everywhere():
     """ggml's nearest_int adds 1.5·2^23 and keeps the low 23 bits, minus 2^22 (values derived by hand)."""
     from stablelm_lab.quants.rounding import nearest_int
-    v = np.array([2.5, -2.5, 3.5, 0.49999997, -0.0, 4194303.0,
-                  np.nan, np.inf, -np.inf,      # NaN: mantissa 0x400000 -> 0; inf: mantissa 0 -> -2^22
-                  4194304.5,                    # + 1.5·2^23 = 16777216.5 rounds to 2^24: mantissa 0
-                  5e6], dtype=np.float32)       # 17582912 = 2^24 + 2·402848: 402848 - 2^22
+
+    v = np.array(
+        [
+            2.5,
+            -2.5,
+            3.5,
+            0.49999997,
+            -0.0,
+            4194303.0,
+            np.nan,
+            np.inf,
+            -np.inf,  # NaN: mantissa 0x400000 -> 0; inf: mantissa 0 -> -2^22
+            4194304.5,  # + 1.5·2^23 = 16777216.5 rounds to 2^24: mantissa 0
+            5e6,
+        ],
+        dtype=np.float32,
+    )  # 17582912 = 2^24 + 2·402848: 402848 - 2^22
     expected = [2, -2, 4, 0, 0, 4194303, 0, -4194304, -4194304, -4194304, 402848 - 4194304]
     with np.errstate(invalid="ignore"):
         assert nearest_int(v).tolist() == expected
@@ -188,6 +239,7 @@ def test_nearest_int_is_ggml_bit_trick_everywhere():
 
 def test_tq1_0_trit_planes_equal_the_c_formula():
     from stablelm_lab.quants.ternary import trit, trit_plane
+
     every_byte = np.arange(256, dtype=np.uint8)
     for n in range(5):
         assert np.array_equal(trit_plane(every_byte, n), trit(np.arange(256), n)), n
@@ -203,22 +255,23 @@ def zero_and_one_bit_inputs(n_bytes: int) -> np.ndarray:
     """
     one_bit = np.packbits(np.eye(8 * n_bytes, dtype=np.uint8), axis=1, bitorder="little")
     rng = np.random.default_rng(5)
-    return np.vstack([np.zeros((1, n_bytes), np.uint8), one_bit,
-                      rng.integers(0, 256, (16, n_bytes), dtype=np.uint8)])
+    return np.vstack([np.zeros((1, n_bytes), np.uint8), one_bit, rng.integers(0, 256, (16, n_bytes), dtype=np.uint8)])
 
 
 def test_q3_k_scale_unpacking_equals_the_index_formula():
     from stablelm_lab.quants.q3_k import scale_value, unpack_scale_words, unpack_scales
+
     packed = zero_and_one_bit_inputs(12)
     readable = np.array([[scale_value(row, s) + 32 for s in range(16)] for row in packed])
     assert np.array_equal(unpack_scales(packed), readable)
-    words = torch.from_numpy(packed.copy()).view(torch.int32)          # torch: signed words
+    words = torch.from_numpy(packed.copy()).view(torch.int32)  # torch: signed words
     fast_torch = torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.uint8)
     assert np.array_equal(fast_torch.numpy(), readable)
 
 
 def test_q4_k_scale_min_unpacking_equals_get_scale_min_k4():
     from stablelm_lab.quants.ksearch import get_scale_min_k4, scales_mins_k4, unpack_scale_min_words
+
     packed = zero_and_one_bit_inputs(12)
     readable = np.array([[get_scale_min_k4(j, row) for j in range(8)] for row in packed])  # (n, j, sc/m)
     scales, mins = scales_mins_k4(packed)
@@ -233,6 +286,7 @@ def test_q4_k_scale_min_unpacking_equals_get_scale_min_k4():
 def test_kernels_write_into_out_and_any_split_decodes_alike(fmt, monkeypatch):
     """The kernels fill a given output; small steps, threads and torch's chunks change no bit."""
     from stablelm_lab.quants import base
+
     raw = random_bytes(fmt, 64, seed=2)
     truth = gguf_py_dequantize(raw, fmt).reshape(-1, fmt.block_size)
     blocks = raw.reshape(-1, fmt.type_size).view(fmt.block_dtype)[:, 0]
@@ -249,8 +303,12 @@ def test_kernels_write_into_out_and_any_split_decodes_alike(fmt, monkeypatch):
     monkeypatch.setattr(base, "CHUNK_WEIGHTS_THREADED", 5 * fmt.block_size)  # 13 steps over 3 threads
     monkeypatch.setattr(base, "CHUNK_WEIGHTS_TORCH_CPU", 5 * fmt.block_size)
     assert_same_bits(fmt.dequantize(raw).reshape(truth.shape), truth, fmt.block_size, f"{fmt.name} threads")
-    assert_same_bits(fmt.dequantize_torch(torch.from_numpy(raw)).numpy().reshape(truth.shape), truth,
-                     fmt.block_size, f"{fmt.name} torch chunks")
+    assert_same_bits(
+        fmt.dequantize_torch(torch.from_numpy(raw)).numpy().reshape(truth.shape),
+        truth,
+        fmt.block_size,
+        f"{fmt.name} torch chunks",
+    )
 
 
 # ---- encoding -----------------------------------------------------------------------------------------
@@ -258,8 +316,23 @@ QUANTIZERS = [f for f in BLOCK_FORMATS if f.can_quantize]
 
 
 def test_every_type_with_a_ggml_reference_quantizer_can_quantize():
-    assert {f.name for f in QUANTIZERS} == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
-                                            "Q5_K", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "MXFP4"}
+    assert {f.name for f in QUANTIZERS} == {
+        "Q4_0",
+        "Q4_1",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "IQ4_NL",
+        "IQ4_XS",
+        "TQ1_0",
+        "TQ2_0",
+        "MXFP4",
+    }
 
 
 @pytest.mark.parametrize("fmt", QUANTIZERS, ids=ids(QUANTIZERS))
@@ -268,8 +341,9 @@ def test_quantize_equals_llama_cpp_on_every_row_character(fmt, golden_rows):
     assert len(characters) >= 8
     for character in characters:
         ours = fmt.quantize(golden_rows[f"rows/{character}"])
-        assert_same_bytes(ours, golden_rows[f"quantized/{fmt.name}/{character}"], fmt.type_size,
-                          f"{fmt.name} on {character} rows")
+        assert_same_bytes(
+            ours, golden_rows[f"quantized/{fmt.name}/{character}"], fmt.type_size, f"{fmt.name} on {character} rows"
+        )
 
 
 GGUF_PY_QUANTIZERS = [f for f in ALL if f.can_quantize and gguf_py_quantizes(f)]
@@ -305,8 +379,9 @@ def test_quantize_equals_llama_model_quantize(fmt):
     for name, weights, tensor in pairs:
         raw = np.array(tensor.data)
         assert_same_bytes(fmt.quantize(weights), raw, fmt.type_size, f"{fmt.name} {name}")
-        assert_same_bits(fmt.dequantize(raw), gguf_py_dequantize(raw, fmt), fmt.block_size,
-                         f"{fmt.name} {name} decoded")
+        assert_same_bits(
+            fmt.dequantize(raw), gguf_py_dequantize(raw, fmt), fmt.block_size, f"{fmt.name} {name} decoded"
+        )
 
 
 def test_golden_files_cover_every_quantizer():
@@ -316,8 +391,9 @@ def test_golden_files_cover_every_quantizer():
 @pytest.mark.parametrize("fmt", ["F32", "F16", "BF16"])
 def test_float_types_round_trip_like_ggml(fmt):
     fmt = quants.get(fmt)
-    x = np.array([[0.0, -0.0, 1.0, -2.5, 1e-8, 65504.0, 1e5, np.inf, -np.inf, 3.1415927, 1 / 3, 7e-45]],
-                 dtype=np.float32)
+    x = np.array(
+        [[0.0, -0.0, 1.0, -2.5, 1e-8, 65504.0, 1e5, np.inf, -np.inf, 3.1415927, 1 / 3, 7e-45]], dtype=np.float32
+    )
     raw = fmt.quantize(x)
     with np.errstate(all="ignore"):
         truth = gguf.quants.quantize(x, fmt.qtype)
@@ -328,7 +404,7 @@ def test_float_types_round_trip_like_ggml(fmt):
 def test_bf16_quiets_nan_like_ggml():
     signalling_nan = np.array([[0x7F800001]], dtype=np.uint32).view(np.float32)
     bits = quants.get("BF16").quantize(signalling_nan).view("<u2")
-    assert bits[0, 0] == (0x7F800001 >> 16) | 64          # ggml_compute_fp32_to_bf16, by hand
+    assert bits[0, 0] == (0x7F800001 >> 16) | 64  # ggml_compute_fp32_to_bf16, by hand
 
 
 # ---- bad input ----------------------------------------------------------------------------------------
@@ -352,7 +428,7 @@ def test_unknown_type_names_the_known_ones():
 
 
 def test_unsupported_type_is_named():
-    with pytest.raises(ValueError, match="Q8_K is not supported"):   # ggml's dot-product type, never stored
+    with pytest.raises(ValueError, match="Q8_K is not supported"):  # ggml's dot-product type, never stored
         quants.get("Q8_K")
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from stablelm_lab import sampling
-from stablelm_lab.sampling import card_probs, llama_cpp_probs
+from stablelm_lab.text import sampling
+from stablelm_lab.text.sampling import card_probs, llama_cpp_probs
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -60,19 +60,21 @@ def random_cases(n_cases=400, seed=0):
         n = int(rng.choice([3, 10, 64, 1000]))
         logits = rng.normal(0, rng.uniform(0.2, 5), n)
         if i % 3 == 0:
-            logits = np.round(logits)                     # many ties, also at the top-k and top-p cut-offs
+            logits = np.round(logits)  # many ties, also at the top-k and top-p cut-offs
         if i % 7 == 0:
-            logits = np.zeros(n)                          # all tied: probabilities exact, sums hit top_p
-        yield (torch.tensor(logits, dtype=torch.float32), float(rng.choice([0.1, 0.5, 0.75, 1.0, 1.3, 2.0])),
-               [None, 1, 2, 5, 50, 2000][int(rng.integers(6))],
-               float(rng.choice([0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0])))
+            logits = np.zeros(n)  # all tied: probabilities exact, sums hit top_p
+        yield (
+            torch.tensor(logits, dtype=torch.float32),
+            float(rng.choice([0.1, 0.5, 0.75, 1.0, 1.3, 2.0])),
+            [None, 1, 2, 5, 50, 2000][int(rng.integers(6))],
+            float(rng.choice([0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 1.0])),
+        )
 
 
 def transformers_warped(logits, temperature, top_k, top_p):
-    from transformers import (LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                              TopPLogitsWarper)
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    warpers = LogitsProcessorList()                       # generation/utils.py's order and conditions
+    warpers = LogitsProcessorList()  # generation/utils.py's order and conditions
     if temperature != 1.0:
         warpers.append(TemperatureLogitsWarper(temperature))
     if top_k is not None and top_k != 0:
@@ -87,7 +89,7 @@ def test_card_order_equals_transformers_warpers():
         theirs = transformers_warped(logits, temperature, top_k, top_p)
         ours = sampling.card_filter(logits, temperature, top_k, top_p)
         where = f"T={temperature} top_k={top_k} top_p={top_p} logits={logits[:6].tolist()}"
-        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs)), where       # the same kept set
+        assert torch.equal(torch.isfinite(ours), torch.isfinite(theirs)), where  # the same kept set
         torch.testing.assert_close(ours.softmax(-1), theirs.softmax(-1), rtol=0, atol=0, msg=where)
 
 
@@ -95,8 +97,7 @@ def test_card_order_equals_transformers_warpers():
 def llama_cpp_golden_cases():
     with np.load(GOLDEN / "llama_cpp_sampling.npz") as npz:
         data = dict(npz)
-    return [{k: data[f"{i}/{k}"] for k in ("logits", "settings", "kept", "probs")}
-            for i in range(len(data) // 4)]
+    return [{k: data[f"{i}/{k}"] for k in ("logits", "settings", "kept", "probs")} for i in range(len(data) // 4)]
 
 
 def test_llama_cpp_chain_equals_llama_cpp():
@@ -110,7 +111,7 @@ def test_llama_cpp_chain_equals_llama_cpp():
         if len(np.unique(case["logits"])) == len(case["logits"]):
             assert kept.tolist() == case["kept"].tolist(), where
             theirs = case["probs"]
-        else:   # tied logits: which of them stay is up to std::partial_sort's order; how many is not
+        else:  # tied logits: which of them stay is up to std::partial_sort's order; how many is not
             assert len(kept) == len(case["kept"]), where
             theirs = case["probs"][np.argsort(-case["probs"], kind="stable")]
             kept = kept[np.argsort(-probs[kept].numpy(), kind="stable")]
@@ -124,7 +125,7 @@ def test_llama_cpp_defaults_are_common_h():
 
 
 # ---- the defaults are the card's call: generate and the CLI against transformers' generate ---------------
-CARD_CALL = {"temperature": 0.75, "top_p": 0.95, "top_k": 50}   # top_k: transformers' GenerationConfig default
+CARD_CALL = {"temperature": 0.75, "top_p": 0.95, "top_k": 50}  # top_k: transformers' GenerationConfig default
 
 
 def test_generate_and_cli_defaults_are_the_cards_call():
@@ -148,27 +149,45 @@ def test_generate_draws_from_the_distribution_transformers_generate_draws_from(m
     embedded default: at every step, the same warped distribution (ours follows transformers' draws)."""
     import ggufmaker
 
-    from stablelm_lab import StableLM, default_model, load_tokenizer
+    from stablelm_lab import StableLM, load_tokenizer
+    from stablelm_lab.container import default_model
 
-    generate_module = importlib.import_module("stablelm_lab.generate")  # the package's name is the function
+    generate_module = importlib.import_module("stablelm_lab.text.generate")  # the package's name is the function
 
     path = default_model.embedded_gguf("F16")
     ours = StableLM.from_gguf(path)
     cfg = ours.config
-    spec = ggufmaker.TinySpec(n_vocab=cfg.n_vocab, n_embd=cfg.n_embd, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                              n_head_kv=cfg.n_head_kv, n_ff=cfg.n_ff, n_ctx=cfg.n_ctx, n_rot=cfg.n_rot,
-                              norm_eps=cfg.norm_eps, rope_base=cfg.rope_base)
+    spec = ggufmaker.TinySpec(
+        n_vocab=cfg.n_vocab,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_head_kv=cfg.n_head_kv,
+        n_ff=cfg.n_ff,
+        n_ctx=cfg.n_ctx,
+        n_rot=cfg.n_rot,
+        norm_eps=cfg.norm_eps,
+        rope_base=cfg.rope_base,
+    )
     hf = ggufmaker.transformers_model(path, spec)
-    prompt = load_tokenizer(path).encode("x = ").ids    # a wide next-token distribution: top_k=50 cuts
+    prompt = load_tokenizer(path).encode("x = ").ids  # a wide next-token distribution: top_k=50 cuts
     torch.manual_seed(0)
-    out = hf.generate(torch.tensor([prompt]), max_new_tokens=32, do_sample=True, temperature=0.75, top_p=0.95,
-                      output_scores=True, return_dict_in_generate=True, pad_token_id=0)
-    drawn = out.sequences[0, len(prompt):].tolist()
+    out = hf.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=32,
+        do_sample=True,
+        temperature=0.75,
+        top_p=0.95,
+        output_scores=True,
+        return_dict_in_generate=True,
+        pad_token_id=0,
+    )
+    drawn = out.sequences[0, len(prompt) :].tolist()
     theirs = [s[0].softmax(-1) for s in out.scores]
 
     seen = []
 
-    def follow_transformers(probs, generator=None):   # record our distribution, take transformers' draw
+    def follow_transformers(probs, generator=None):  # record our distribution, take transformers' draw
         seen.append(probs)
         return drawn[len(seen) - 1]
 
@@ -180,5 +199,5 @@ def test_generate_draws_from_the_distribution_transformers_generate_draws_from(m
         # measured max |diff| 7.5e-8 (ATEN_CPU_CAPABILITY default, avx2, avx512)
         torch.testing.assert_close(p, q, rtol=0, atol=7e-7, msg=f"step {step}")
     # the test can see a lost top_k: on this sequence, top-p alone would keep other tokens at some step
-    logits = ours(torch.tensor([prompt + drawn]))[0, len(prompt) - 1:-1]
+    logits = ours(torch.tensor([prompt + drawn]))[0, len(prompt) - 1 : -1]
     assert any(not torch.equal(card_probs(row, 0.75, None, 0.95) > 0, card_probs(row) > 0) for row in logits)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
+import ggufmaker
 import pytest
 
-import ggufmaker
 from stablelm_lab import GGUFError, GGUFFile, load_tokenizer
 
 TEXTS = [
@@ -17,7 +17,7 @@ TEXTS = [
     "Hello world",
     "The quick brown fox jumps over the lazy dog.",
     "It's 2024 and we'll see what they've done; I'd say you're right.",
-    "café naïve résumé",                                         # precomposed (NFC)
+    "café naïve résumé",  # precomposed (NFC)
     unicodedata.normalize("NFD", "café naïve résumé Ångström"),  # decomposed: the original normalizes to NFC
     "Å vs Å (U+212B angstrom sign)",
     "ﬁne ligatures ﬀ",
@@ -84,8 +84,9 @@ def test_accepts_an_open_file(gguf_path, original):
 
 
 def test_file_without_pre_key_is_read_as_gpt_neox(original, tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "old.gguf", ggufmaker.TinySpec(n_vocab=1024), tokenizer=original,
-                                tokenizer_pre=None)
+    path = ggufmaker.write_gguf(
+        tmp_path / "old.gguf", ggufmaker.TinySpec(n_vocab=1024), tokenizer=original, tokenizer_pre=None
+    )
     assert "tokenizer.ggml.pre" not in GGUFFile(path).metadata
     text = unicodedata.normalize("NFD", "Zürich   \tcafé")
     assert load_tokenizer(path).encode(text).ids == original.encode(text).ids
@@ -98,8 +99,9 @@ def test_a_file_without_a_bpe_tokenizer_is_refused(tmp_path):
 
 
 def test_unknown_pre_tokenizer_is_refused(original, tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "odd.gguf", ggufmaker.TinySpec(n_vocab=1024), tokenizer=original,
-                                tokenizer_pre="no-such-pre")
+    path = ggufmaker.write_gguf(
+        tmp_path / "odd.gguf", ggufmaker.TinySpec(n_vocab=1024), tokenizer=original, tokenizer_pre="no-such-pre"
+    )
     with pytest.raises(GGUFError, match="names the pre-tokenizer 'no-such-pre'"):
         load_tokenizer(path)
 
@@ -112,7 +114,7 @@ def test_a_vocabulary_the_library_cannot_build_is_a_gguf_error(tmp_path):
 
 
 # ---- the stablelm2/qwen2 branch: llama.cpp's own test vectors (made by Hugging Face tokenizers) -------------
-QWEN2 = Path(__file__).parent / "golden" / "qwen2_vocab" / "vocab.gguf"   # tools/make_qwen2_vocab.py
+QWEN2 = Path(__file__).parent / "golden" / "qwen2_vocab" / "vocab.gguf"  # tools/make_qwen2_vocab.py
 
 
 def qwen2_vectors() -> list[tuple[str, list[int]]]:
@@ -133,4 +135,3 @@ def test_qwen2_pre_tokenizer_gives_llama_cpp_test_ids():
     tok = load_tokenizer(g)
     for text, expected in vectors:
         assert [original_id[i] for i in tok.encode(text).ids] == expected, repr(text)
-

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import ggufmaker
 import numpy as np
 import pytest
 import torch
 
-from stablelm_lab import GGUFFile, quants, viz, widgets
-from stablelm_lab.anatomy import block_fields, byte_owner
-
-import ggufmaker
+from stablelm_lab import GGUFFile, quants
+from stablelm_lab.lab import viz, widgets
+from stablelm_lab.quants.anatomy import block_fields, byte_owner
 
 
 def test_byte_owner_follows_the_c_structs():
@@ -50,8 +50,11 @@ def test_fields_table_names_every_field():
 
 @pytest.fixture(scope="module")
 def q8_file(tmp_path_factory):
-    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("viz") / "q8.gguf", ggufmaker.TinySpec(),
-                                types=ggufmaker.uniform(quants.get("Q8_0").qtype))
+    path = ggufmaker.write_gguf(
+        tmp_path_factory.mktemp("viz") / "q8.gguf",
+        ggufmaker.TinySpec(),
+        types=ggufmaker.uniform(quants.get("Q8_0").qtype),
+    )
     return GGUFFile(path)
 
 
@@ -90,7 +93,7 @@ def test_next_token_explorer_shows_both_orders_in_place():
     figure = box.children[-1]
     t_box, k_box, p_box, m_box = box.children[0].children
     t_box.value, p_box.value = 2.0, 0.85
-    assert box.children[-1] is figure                                   # updated in place, not redrawn
+    assert box.children[-1] is figure  # updated in place, not redrawn
     card, llama = ([c != "#BBBBBB" for c in trace.marker.color] for trace in figure.data)
     assert card == [True, True, True] and llama == [True, True, False]
     summary = box.children[1].value
@@ -101,14 +104,14 @@ def test_next_token_explorer_shows_both_orders_in_place():
     assert all(tuple(figure.layout[f"yaxis{n}"].range) == (-4, 0) for n in ("", "2"))
     assert box.settings() == {"temperature": 2.0, "top_k": None, "top_p": 0.85}
     p_box.value = 0.3
-    assert "keeps 1 token " in box.children[1].value                    # one token, not "1 tokens"
+    assert "keeps 1 token " in box.children[1].value  # one token, not "1 tokens"
 
 
 def test_sampling_figures_have_axis_titles():
     panels = {"a": (np.array([0.7, 0.3, 0.0]), np.array([0.6, 0.3, 0.1])), "b": (np.ones(3) / 3, np.ones(3) / 3)}
     fig = viz.sampling_orders_figure(list("xyz"), panels, "t")
     assert fig.layout.xaxis.title.text and fig.layout.xaxis2.title.text and fig.layout.yaxis.title.text
-    assert list(fig.data[0].y) == [0.7, 0.3, 0.1]          # the dropped token drawn at its tempered height
+    assert list(fig.data[0].y) == [0.7, 0.3, 0.1]  # the dropped token drawn at its tempered height
     fig = viz.kept_by_temperature_figure(np.array([0.5, 1.0]), {"a": np.array([3, 5])}, "t")
     assert fig.layout.xaxis.title.text == "temperature" and fig.layout.yaxis.title.text
 

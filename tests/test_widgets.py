@@ -4,16 +4,15 @@ figures redrawn in place, and a stored picture of every figure and control (chec
 from __future__ import annotations
 
 import base64
-import shutil
 
+import ggufmaker
 import numpy as np
 import plotly.io as pio
 import pytest
 import torch
 
-from stablelm_lab import GGUFFile, quants, viz, widgets
-
-import ggufmaker
+from stablelm_lab import GGUFFile, quants
+from stablelm_lab.lab import viz, widgets
 
 TOKENS = ["import", "Ġos", "Ċ", "Ċ", "def", "Ġread", "_", "file", "(", "path", "):", "Ċ", "ĠĠĠ"]
 
@@ -30,8 +29,10 @@ def every_figure():
     yield "histogram", viz.error_histogram(w, decoded, "w")
     yield "quant error", viz.quant_error_figure(w, decoded, np.ones(8), np.ones(8), "w", 1.0)
     yield "quant error, no scale", viz.quant_error_figure(w, decoded, None, np.ones(8), "w", 1.0)
-    yield "frontier", viz.frontier_figure(["Q2_K", "IQ4_XS", "Q4_K", "Q8_0"], [2.625, 4.25, 4.5, 8.5],
-                                          [0.2, 0.06, 0.055, 0.004])
+    yield (
+        "frontier",
+        viz.frontier_figure(["Q2_K", "IQ4_XS", "Q4_K", "Q8_0"], [2.625, 4.25, 4.5, 8.5], [0.2, 0.06, 0.055, 0.004]),
+    )
     yield "block error", viz.block_error_figure(np.ones(8), np.ones(8), "w")
     yield "rotary", viz.rotary_figure(80, 20, 10000.0)
     yield "attention", viz.attention_figure(np.eye(n), TOKENS, "attention")
@@ -71,7 +72,7 @@ def test_heatmaps_with_a_colour_bar_name_it():
 
 def test_q8_0_bytes_fit_one_row_and_k_quants_rows_of_32():
     q8 = dict(FIGURES)["block Q8_0"].data[0]
-    assert np.array(q8.z).shape == (1, 34)                      # ggml-common.h: block_q8_0 is 2 + 32 bytes
+    assert np.array(q8.z).shape == (1, 34)  # ggml-common.h: block_q8_0 is 2 + 32 bytes
     q6 = dict(FIGURES)["block Q6_K"].data[0]
     assert np.array(q6.z).shape == (7, 32) and sum(v is not None for row in q6.z for v in row) == 210
 
@@ -90,16 +91,16 @@ def test_frontier_labels_of_a_cluster_take_different_places():
     bpw = [2.625, 4.25, 4.25, 4.5, 4.5, 4.5, 8.5]
     err = [0.2, 0.052, 0.06, 0.058, 0.05, 0.049, 0.004]
     positions = viz.label_positions(bpw, err, names)
-    assert positions[1] != positions[2] and positions[4] != positions[5]   # same bits, errors 2-15% apart
-    assert positions.count("middle right") < 6           # the old figure put every label at the same place
-    assert positions[0] == positions[-1] == "middle right"   # a point alone keeps the first choice
+    assert positions[1] != positions[2] and positions[4] != positions[5]  # same bits, errors 2-15% apart
+    assert positions.count("middle right") < 6  # the old figure put every label at the same place
+    assert positions[0] == positions[-1] == "middle right"  # a point alone keeps the first choice
 
 
 def test_a_log_axis_over_decades_labels_powers_of_ten_only():
     fig = dict(FIGURES)["frontier"]
     assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.dtick == 1
     narrow = viz.frontier_figure(["a", "b"], [4, 5], [0.05, 0.06])
-    assert narrow.layout.yaxis.dtick is None   # inside one decade the default ticks are the only labels
+    assert narrow.layout.yaxis.dtick is None  # inside one decade the default ticks are the only labels
 
 
 def test_sample_rows_stay_under_the_budget_and_span_the_tensor():
@@ -111,15 +112,21 @@ def test_sample_rows_stay_under_the_budget_and_span_the_tensor():
 # ---- the explorers -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def q8_file(tmp_path_factory):
-    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("widgets") / "q8.gguf", ggufmaker.TinySpec(),
-                                types=ggufmaker.uniform(quants.get("Q8_0").qtype))
+    path = ggufmaker.write_gguf(
+        tmp_path_factory.mktemp("widgets") / "q8.gguf",
+        ggufmaker.TinySpec(),
+        types=ggufmaker.uniform(quants.get("Q8_0").qtype),
+    )
     return GGUFFile(path)
 
 
 @pytest.fixture(scope="module")
 def q4_k_file(tmp_path_factory):
-    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("widgets") / "q4k.gguf", ggufmaker.TinySpec(),
-                                types=ggufmaker.uniform(quants.get("Q4_K").qtype))
+    path = ggufmaker.write_gguf(
+        tmp_path_factory.mktemp("widgets") / "q4k.gguf",
+        ggufmaker.TinySpec(),
+        types=ggufmaker.uniform(quants.get("Q4_K").qtype),
+    )
     return GGUFFile(path)
 
 
@@ -131,11 +138,11 @@ def test_block_explorer_slider_ranges_follow_the_tensor(q8_file):
     box = widgets.block_explorer(q8_file, tensor="token_embd.weight")
     tensor_box, row_box, block_box = box.controls
     row_box.value = row_box.max
-    assert row_box.max == 511                          # TinySpec: 512 tokens
-    tensor_box.value = "blk.0.attn_k.weight"           # n_head_kv 2 x head_dim 64 = 128 rows
-    row_box = box.controls[1]                          # a new slider: the browser's End key needs one
+    assert row_box.max == 511  # TinySpec: 512 tokens
+    tensor_box.value = "blk.0.attn_k.weight"  # n_head_kv 2 x head_dim 64 = 128 rows
+    row_box = box.controls[1]  # a new slider: the browser's End key needs one
     assert (row_box.max, row_box.value) == (127, 127) and box.children[0].children[1] is row_box
-    tensor_box.value = "blk.0.ffn_down.weight"         # 256 rows of 512 weights: 16 Q8_0 blocks
+    tensor_box.value = "blk.0.ffn_down.weight"  # 256 rows of 512 weights: 16 Q8_0 blocks
     _, row_box, block_box = box.controls
     assert (row_box.max, block_box.max) == (255, 15)
     row_box.value, block_box.value = 255, 15
@@ -144,11 +151,11 @@ def test_block_explorer_slider_ranges_follow_the_tensor(q8_file):
 
 
 def test_no_visible_slider_has_an_empty_range(q4_k_file):
-    box = widgets.block_explorer(q4_k_file, tensor="blk.0.attn_q.weight")   # 256 weights a row: one block
+    box = widgets.block_explorer(q4_k_file, tensor="blk.0.attn_q.weight")  # 256 weights a row: one block
     _, row_box, block_box = box.controls
     assert not visible(block_box) and "each row is this one block" in box.notes[0].value
     assert visible(row_box) and row_box.max > row_box.min
-    box.controls[0].value = "blk.0.ffn_down.weight"                          # 512 a row: two blocks
+    box.controls[0].value = "blk.0.ffn_down.weight"  # 512 a row: two blocks
     assert visible(box.controls[2]) and box.controls[2].max == 1
 
 
@@ -176,7 +183,7 @@ def test_mxfp4_draws_its_scatter_against_its_exponent(q8_file):
     raw = quants.get("MXFP4").quantize(w).reshape(-1, 17)
     scatter = box.figure.data[-1]
     assert scatter.type == "scattergl" and "2^(e" in box.figure.layout.xaxis2.title.text
-    drawn = np.linspace(0, len(raw) - 1, widgets.MAX_BLOCKS_DRAWN).astype(int)   # 4096 blocks: 4000 drawn
+    drawn = np.linspace(0, len(raw) - 1, widgets.MAX_BLOCKS_DRAWN).astype(int)  # 4096 blocks: 4000 drawn
     assert np.array_equal(np.asarray(scatter.x), 2.0 ** (raw[drawn, 0].astype(np.float64) - 127))  # byte 0: e
 
 
@@ -184,7 +191,7 @@ def test_a_large_tensor_is_sampled_and_the_figure_says_so(q8_file, monkeypatch):
     monkeypatch.setattr(widgets, "MAX_WEIGHTS", 64 * 256)
     box = widgets.quant_error_explorer(q8_file, tensor="token_embd.weight", type_name="Q4_K")
     assert "64 of 512 rows" in box.figure.layout.title.text and "64 of 512 rows" in box.notes[0].value
-    box.controls[1].value = "IQ4_XS"                  # a quantizer 4x slower: a quarter of the rows
+    box.controls[1].value = "IQ4_XS"  # a quantizer 4x slower: a quarter of the rows
     assert "16 of 512 rows" in box.notes[0].value
 
 
@@ -195,8 +202,9 @@ def test_attention_viewer_hides_a_slider_with_one_value():
 
 
 # ---- the stored view --------------------------------------------------------------------------------------------
-needs_chromium = pytest.mark.skipif(viz.picture({"data": [], "layout": {}}) is None,
-                                    reason="kaleido cannot draw here (no Chrome/Chromium)")
+needs_chromium = pytest.mark.skipif(
+    viz.picture({"data": [], "layout": {}}) is None, reason="kaleido cannot draw here (no Chrome/Chromium)"
+)
 
 
 def png_size(data: str) -> tuple[int, int]:

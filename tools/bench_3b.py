@@ -15,8 +15,9 @@ pages of the mapped file included):
 
 after a warm-up forward of 8 tokens. With ``--device cuda`` the torch contenders run on the GPU
 (transformers' load then includes moving the model there) and the table adds their peak GPU memory
-(torch.cuda.max_memory_allocated); llama.cpp is left out there. Before each run the page cache is dropped (when the benchmark runs
-as root) and the file read once, so that every run finds it in the page cache and the rest of memory free. llama.cpp runs when ``--llama-python`` (an interpreter that can
+(torch.cuda.max_memory_allocated); llama.cpp is left out there. Before each run the page cache is
+dropped (when the benchmark runs as root) and the file read once, so that every run finds it in the page
+cache and the rest of memory free. llama.cpp runs when ``--llama-python`` (an interpreter that can
 import llama_cpp) is given or the current one can import it. Ratios are against transformers float32.
 """
 
@@ -60,7 +61,7 @@ def timed_generation(first, step, n_vocab: int) -> dict:
     """``first(ids)`` runs the prompt and returns the last logits; ``step(token)`` one cached token."""
     ids = prompt_ids(n_vocab)
     start = time.perf_counter()
-    tokens = [int(first(ids).argmax())]            # int(): waits for a GPU's queued work
+    tokens = [int(first(ids).argmax())]  # int(): waits for a GPU's queued work
     prompt_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(NEW_TOKENS):
@@ -72,6 +73,7 @@ def timed_generation(first, step, n_vocab: int) -> dict:
 
 def gpu_peak(device: str) -> dict:
     import torch
+
     return {"gpu_peak_gb": torch.cuda.max_memory_allocated(device) / 2**30} if device.startswith("cuda") else {}
 
 
@@ -98,8 +100,13 @@ def run_transformers(path: Path, device: str) -> dict:
 
     logging.set_verbosity_error()
     start = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32,
-                                                 attn_implementation="eager").eval().to(device)
+    model = (
+        AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32, attn_implementation="eager"
+        )
+        .eval()
+        .to(device)
+    )
     load = {"load_s": time.perf_counter() - start, "load_peak_gb": peak_rss_gb()}
     state = {}
 
@@ -125,8 +132,14 @@ def run_llama(path: Path) -> dict:
 
     threads = len(os.sched_getaffinity(0))
     start = time.perf_counter()
-    llm = Llama(str(path), n_ctx=PROMPT_TOKENS + NEW_TOKENS + WARMUP_TOKENS, n_threads=threads,
-                n_threads_batch=threads, n_batch=PROMPT_TOKENS, verbose=False)
+    llm = Llama(
+        str(path),
+        n_ctx=PROMPT_TOKENS + NEW_TOKENS + WARMUP_TOKENS,
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_batch=PROMPT_TOKENS,
+        verbose=False,
+    )
     load = {"load_s": time.perf_counter() - start, "load_peak_gb": peak_rss_gb()}
     llm.eval(list(range(WARMUP_TOKENS)))
     llm.reset()
@@ -170,7 +183,7 @@ def measure(python: str, args: list[str], path: Path) -> dict:
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def best_of(runs: list[dict]) -> dict:
@@ -203,7 +216,7 @@ def same_start(path: Path) -> None:
 
 
 def llama_python(given: str | None) -> str | None:
-    for python in ([given] if given else [sys.executable]):
+    for python in [given] if given else [sys.executable]:
         if subprocess.run([python, "-c", "import llama_cpp"], capture_output=True).returncode == 0:
             return python
     return None
@@ -212,9 +225,12 @@ def llama_python(given: str | None) -> str | None:
 def table(results: dict[str, dict]) -> list[str]:
     base = results.get(BASELINE, {})
     gpu = any("gpu_peak_gb" in r for r in results.values())
-    lines = ["| run | load s | load peak GB | prompt tok/s | generate tok/s | peak GB | "
-             + ("GPU peak GB | " if gpu else "") + "load speed-up | prompt / transformers | generate / transformers |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else "")]
+    lines = [
+        "| run | load s | load peak GB | prompt tok/s | generate tok/s | peak GB | "
+        + ("GPU peak GB | " if gpu else "")
+        + "load speed-up | prompt / transformers | generate / transformers |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if gpu else ""),
+    ]
     for label, r in results.items():
         if "error" in r:
             lines.append(f"| {label} | failed: {r['error'][:120]} |||||||| ")
@@ -224,28 +240,42 @@ def table(results: dict[str, dict]) -> list[str]:
             if key not in base or label == BASELINE:
                 return ""
             return f"{(base[key] / r[key]) if invert else (r[key] / base[key]):.2f}x"
-        lines.append(f"| {label} | {r['load_s']:.1f} | {r['load_peak_gb']:.2f} | {r['prompt_tok_s']:.1f} | "
-                     f"{r['gen_tok_s']:.2f} | {r['peak_gb']:.2f} | "
-                     + (f"{r.get('gpu_peak_gb', float('nan')):.2f} | " if gpu else "") + f"{ratio('load_s', invert=True)} | "
-                     f"{ratio('prompt_tok_s')} | {ratio('gen_tok_s')} |")
+
+        lines.append(
+            f"| {label} | {r['load_s']:.1f} | {r['load_peak_gb']:.2f} | {r['prompt_tok_s']:.1f} | "
+            f"{r['gen_tok_s']:.2f} | {r['peak_gb']:.2f} | "
+            + (f"{r.get('gpu_peak_gb', float('nan')):.2f} | " if gpu else "")
+            + f"{ratio('load_s', invert=True)} | "
+            f"{ratio('prompt_tok_s')} | {ratio('gen_tok_s')} |"
+        )
     return lines
 
 
 def targets(results: dict[str, dict]) -> list[str]:
-    ours, lean, bf16, hf = (results.get(k, {}) for k in
-                            ("ours float32", "ours lean (float32)", "ours bfloat16", BASELINE))
+    ours, lean, bf16, hf = (
+        results.get(k, {}) for k in ("ours float32", "ours lean (float32)", "ours bfloat16", BASELINE)
+    )
     if any("error" in r or not r for r in (ours, lean, bf16, hf)):
         return ["Targets: not all runs finished."]
     checks = [
-        (f"load >= 5x faster than transformers: {hf['load_s'] / ours['load_s']:.2f}x", hf["load_s"] / ours["load_s"] >= 5),
-        (f"at no more peak memory (float32): {ours['peak_gb']:.2f} vs {hf['peak_gb']:.2f} GB",
-         ours["peak_gb"] <= hf["peak_gb"]),
+        (
+            f"load >= 5x faster than transformers: {hf['load_s'] / ours['load_s']:.2f}x",
+            hf["load_s"] / ours["load_s"] >= 5,
+        ),
+        (
+            f"at no more peak memory (float32): {ours['peak_gb']:.2f} vs {hf['peak_gb']:.2f} GB",
+            ours["peak_gb"] <= hf["peak_gb"],
+        ),
         (f"bfloat16 load peak < 7 GB: {bf16['load_peak_gb']:.2f} GB", bf16["load_peak_gb"] < 7),
         (f"lean peak < 3 GB (load, prompt and generation): {lean['peak_gb']:.2f} GB", lean["peak_gb"] < 3),
-        (f"prompt within 1.3x of transformers (float32): {ours['prompt_tok_s'] / hf['prompt_tok_s']:.2f}x",
-         ours["prompt_tok_s"] * 1.3 >= hf["prompt_tok_s"]),
-        (f"generation within 1.3x of transformers (float32): {ours['gen_tok_s'] / hf['gen_tok_s']:.2f}x",
-         ours["gen_tok_s"] * 1.3 >= hf["gen_tok_s"]),
+        (
+            f"prompt within 1.3x of transformers (float32): {ours['prompt_tok_s'] / hf['prompt_tok_s']:.2f}x",
+            ours["prompt_tok_s"] * 1.3 >= hf["prompt_tok_s"],
+        ),
+        (
+            f"generation within 1.3x of transformers (float32): {ours['gen_tok_s'] / hf['gen_tok_s']:.2f}x",
+            ours["gen_tok_s"] * 1.3 >= hf["gen_tok_s"],
+        ),
     ]
     same = sum(a == b for a, b in zip(ours["tokens"], hf["tokens"]))
     lines = [f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks]
@@ -258,9 +288,11 @@ def machine(device: str = "cpu") -> str:
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     mem = int(next(line for line in open("/proc/meminfo") if line.startswith("MemTotal")).split()[1]) / 2**20
-    return (f"{len(os.sched_getaffinity(0))} cores ({cpu}), {mem:.0f} GiB; Python {platform.python_version()}, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
-            + (f"; device {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""))
+    return (
+        f"{len(os.sched_getaffinity(0))} cores ({cpu}), {mem:.0f} GiB; Python {platform.python_version()}, "
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+        + (f"; device {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else "")
+    )
 
 
 def main() -> None:
@@ -269,25 +301,36 @@ def main() -> None:
     parser.add_argument("--mixes", default="Q4_K_M,Q8_0,Q4_0")
     parser.add_argument("--runs", default=",".join(CONTENDERS), help="which contenders (comma-separated)")
     parser.add_argument("--llama-python", default=None, help="a Python that can import llama_cpp")
-    parser.add_argument("--repeat", type=int, default=2,
-                        help="runs of each contender (fresh processes); the table keeps the best time and "
-                             "the highest peak (a virtual machine's first touch of memory varies by 2x)")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="runs of each contender (fresh processes); the table keeps the best time and "
+        "the highest peak (a virtual machine's first touch of memory varies by 2x)",
+    )
     parser.add_argument("--write", type=Path, default=None, help="also write the report to this file")
     parser.add_argument("--device", default="cpu", help="where the torch contenders run (cuda: on the GPU)")
     args = parser.parse_args()
     llama = llama_python(args.llama_python)
     random_blocks = any("random-blocks" in p.name for p in args.dir.glob("*.gguf"))
-    report = ["# StableLM-3B-shaped GGUF files: load, memory, speed", "",
-              "```", "python tools/make_3b_gguf.py --out DIR" + (f" --mixes {args.mixes} --random-blocks"
-                                                                if random_blocks else ""),
-              f"python tools/bench_3b.py --dir DIR --mixes {args.mixes} --repeat {args.repeat}"
-              + (f" --device {args.device}" if args.device != "cpu" else "")
-              + (" --llama-python PY" if args.llama_python else ""), "```", "",
-              machine(args.device) + ".", f"Prompt {PROMPT_TOKENS} tokens, then {NEW_TOKENS} greedy tokens with the KV cache, "
-              f"batch 1. Peak = VmHWM (file pages included). Before every run the page cache was dropped "
-              f"({'done' if os.access('/proc/sys/vm/drop_caches', os.W_OK) else 'not allowed here'}) and the file read once. "
-              f"Each contender ran {args.repeat} times, each time in a fresh process: the fastest time and the "
-              f"highest peak are shown.", ""]
+    report = [
+        "# StableLM-3B-shaped GGUF files: load, memory, speed",
+        "",
+        "```",
+        "python tools/make_3b_gguf.py --out DIR" + (f" --mixes {args.mixes} --random-blocks" if random_blocks else ""),
+        f"python tools/bench_3b.py --dir DIR --mixes {args.mixes} --repeat {args.repeat}"
+        + (f" --device {args.device}" if args.device != "cpu" else "")
+        + (" --llama-python PY" if args.llama_python else ""),
+        "```",
+        "",
+        machine(args.device) + ".",
+        f"Prompt {PROMPT_TOKENS} tokens, then {NEW_TOKENS} greedy tokens with the KV cache, "
+        f"batch 1. Peak = VmHWM (file pages included). Before every run the page cache was dropped "
+        f"({'done' if os.access('/proc/sys/vm/drop_caches', os.W_OK) else 'not allowed here'}) and the file read once. "
+        f"Each contender ran {args.repeat} times, each time in a fresh process: the fastest time and the "
+        f"highest peak are shown.",
+        "",
+    ]
     print("\n".join(report), flush=True)
     for mix in args.mixes.split(","):
         path = next(args.dir.glob(f"*.{mix}.gguf"), None)
@@ -300,8 +343,11 @@ def main() -> None:
             python = llama if label == "llama.cpp" else sys.executable
             worker_args = CONTENDERS[label] + (["--device", args.device] if label != "llama.cpp" else [])
             results[label] = best_of([measure(python, worker_args, path) for _ in range(args.repeat)])
-            print(f"  {mix} {label}: {json.dumps({k: v for k, v in results[label].items() if k != 'tokens'})}",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {mix} {label}: {json.dumps({k: v for k, v in results[label].items() if k != 'tokens'})}",
+                file=sys.stderr,
+                flush=True,
+            )
         section = [f"## {mix}: {path.stat().st_size / 1e9:.2f} GB", "", *table(results), "", *targets(results), ""]
         print("\n".join(section), flush=True)
         report += section
@@ -309,8 +355,10 @@ def main() -> None:
         report.append(f"llama.cpp: not run (the torch contenders ran on {args.device}).")
     elif llama is None:
         report.append("llama.cpp: not measured (no Python with llama_cpp; pass --llama-python).")
-    report.append("Why a target is missed, and where the time goes: "
-                  "[benchmarks.md, The 3B model at full size](benchmarks.md#the-3b-model-at-full-size).")
+    report.append(
+        "Why a target is missed, and where the time goes: "
+        "[benchmarks.md, The 3B model at full size](benchmarks.md#the-3b-model-at-full-size)."
+    )
     if args.write:
         args.write.write_text("\n".join(report) + "\n")
 

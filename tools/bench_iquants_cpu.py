@@ -3,7 +3,7 @@
     python tools/bench_iquants_cpu.py [--rows 2560 --cols 6912 --repeat 3]
 
 On a shared machine wall time measures the neighbours too; the CPU time of the decoding thread
-(``time.thread_time``) measures the decoder. Same matrix and blocks as ``python -m stablelm_lab.bench
+(``time.thread_time``) measures the decoder. Same matrix and blocks as ``python -m stablelm_lab.analysis.bench
 dequant`` (bench.realistic_blocks); ours run on one thread (quants.base.THREADS = 1, torch 1 thread),
 as gguf-py does. Prints ns per weight, the fastest of the repeats, and the ratios to gguf-py.
 """
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from stablelm_lab import quants
-from stablelm_lab.bench import realistic_blocks
+from stablelm_lab.analysis.bench import realistic_blocks
 from stablelm_lab.quants import base
 
 NAMES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
@@ -54,8 +54,10 @@ def main() -> None:
             t_gguf = cpu_seconds(lambda: gguf.quants.dequantize(raw, fmt.qtype), args.repeat) / n * 1e9
         t_numpy = cpu_seconds(lambda: fmt.dequantize(raw), args.repeat) / n * 1e9
         t_torch = cpu_seconds(lambda: fmt.dequantize_torch(raw_t), args.repeat) / n * 1e9
-        print(f"| {name} | {t_gguf:.2f} | {t_numpy:.2f} | {t_torch:.2f} | {t_gguf / t_numpy:.2f}x | "
-              f"{t_gguf / t_torch:.2f}x |")
+        print(
+            f"| {name} | {t_gguf:.2f} | {t_numpy:.2f} | {t_torch:.2f} | {t_gguf / t_numpy:.2f}x | "
+            f"{t_gguf / t_torch:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

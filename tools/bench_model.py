@@ -26,13 +26,16 @@ sys.path.insert(0, str(ROOT / "tests"))
 import ggufmaker  # noqa: E402
 
 from stablelm_lab import StableLM  # noqa: E402
-from stablelm_lab.bench import device_sync  # noqa: E402
+from stablelm_lab.analysis.bench import device_sync  # noqa: E402
 
 
 def shapes(layers: int) -> dict[str, ggufmaker.TinySpec]:
-    return {"tiny": ggufmaker.TinySpec(),
-            f"3B-shaped, {layers} layers": ggufmaker.TinySpec(n_vocab=50304, n_embd=2560, n_layer=layers, n_head=32,
-                                                              n_head_kv=32, n_ff=6912, n_ctx=4096, n_rot=20)}
+    return {
+        "tiny": ggufmaker.TinySpec(),
+        f"3B-shaped, {layers} layers": ggufmaker.TinySpec(
+            n_vocab=50304, n_embd=2560, n_layer=layers, n_head=32, n_head_kv=32, n_ff=6912, n_ctx=4096, n_rot=20
+        ),
+    }
 
 
 @torch.no_grad()
@@ -45,11 +48,13 @@ def seconds(forward, ids) -> float:
 
 def ours_generate(model, n_new: int):
     """A prompt, then n_new tokens one cached forward each (greedy): what generation costs per token."""
+
     def run(ids):
         cache = model.new_cache()
         token = model(ids, cache)[:, -1:].argmax(-1)
         for _ in range(n_new):
             token = model(token, cache)[:, -1:].argmax(-1)
+
     return run
 
 
@@ -59,6 +64,7 @@ def transformers_generate(model, n_new: int):
         for _ in range(n_new):
             token = out.logits[:, -1:].argmax(-1)
             out = model(token, past_key_values=out.past_key_values, use_cache=True)
+
     return run
 
 
@@ -70,11 +76,14 @@ def speed(spec, tmp: Path, n_tokens: int, repeats: int, device: str = "cpu", n_n
     ids = torch.randint(0, spec.n_vocab, (1, n_tokens), device=device)
     ours = StableLM.from_gguf(path, device=device)
     hf = ggufmaker.transformers_model(path, spec).to(device)
-    runs = {("prompt", "ours"): (ours, ids), ("prompt", "transformers"): (lambda x: hf(x).logits, ids),
-            ("generate", "ours"): (ours_generate(ours, n_new), ids[:, :8]),
-            ("generate", "transformers"): (transformers_generate(hf, n_new), ids[:, :8])}
+    runs = {
+        ("prompt", "ours"): (ours, ids),
+        ("prompt", "transformers"): (lambda x: hf(x).logits, ids),
+        ("generate", "ours"): (ours_generate(ours, n_new), ids[:, :8]),
+        ("generate", "transformers"): (transformers_generate(hf, n_new), ids[:, :8]),
+    }
     best = {key: float("inf") for key in runs}
-    for _ in range(repeats + 1):                              # the first round warms up
+    for _ in range(repeats + 1):  # the first round warms up
         for key, (forward, x) in runs.items():
             best[key] = min(best[key], seconds(forward, x))
     path.unlink()
@@ -91,10 +100,15 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)
-    where = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else \
-        f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {where}, float32, batch 1, prompt {args.tokens} tokens, "
-          f"generation {args.new_tokens} cached steps, best of {args.repeats}")
+    where = (
+        torch.cuda.get_device_name(args.device)
+        if args.device.startswith("cuda")
+        else f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"torch {torch.__version__}, {where}, float32, batch 1, prompt {args.tokens} tokens, "
+        f"generation {args.new_tokens} cached steps, best of {args.repeats}"
+    )
     print(f"{'model':28s} {'':8s} {'ours tok/s':>11s} {'transformers':>13s} {'ours/transformers':>18s}")
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)

@@ -23,7 +23,8 @@ import numpy as np
 import plotly.graph_objects as go
 import torch
 
-from stablelm_lab import GGUFFile, StableLM, default_gguf, embedded_gguf, load_tokenizer, widgets
+from stablelm_lab import GGUFFile, StableLM, StableLMConfig, default_gguf, embedded_gguf, load_tokenizer
+from stablelm_lab.lab import widgets
 
 
 def step_values(control, steps: int) -> list:
@@ -72,7 +73,7 @@ def explorers(path: str, big: bool):
     yield "03", "block explorer", widgets.block_explorer(q8, tensor="blk.0.attn_q.weight")
     yield "04", "block explorer", widgets.block_explorer(q4km, tensor="blk.0.ffn_down.weight")
     yield "06", "quant-error explorer", widgets.quant_error_explorer(g, tensor="blk.0.ffn_down.weight")
-    cfg = g.config
+    cfg = StableLMConfig.from_gguf(g)
     if big:
         probs = torch.softmax(torch.randn(1, cfg.n_head, 64, 64), -1)
         acts = {f"blk.{i}.kq_soft_max": probs for i in range(cfg.n_layer)}
@@ -107,8 +108,10 @@ def main() -> None:
     files = [("embedded default", str(default_gguf()), False, 250)]
     if args.big:
         files.append(("3B-shaped", args.big, True, 1000))
-    print(f"| file | notebook | explorer | control | median step (ms) | target (ms) | before: new figure "
-          f"(ms) | step / before |")
+    print(
+        "| file | notebook | explorer | control | median step (ms) | target (ms) | before: new figure "
+        "(ms) | step / before |"
+    )
     print("|---|---|---|---|---:|---:|---:|---:|")
     for label, path, big, target in files:
         for notebook, name, box in explorers(path, big):
@@ -118,8 +121,10 @@ def main() -> None:
                     continue  # a hidden slider (one value): nothing to move
                 ms, before = time_steps(box, index, args.steps)
                 ratio = f"{before:.0f} | {ms / before:.2f}" if before == before else "– | –"  # NaN: no baseline
-                print(f"| {label} | {notebook} | {name} | {control.description} | {ms:.0f} | {target} | {ratio} |",
-                      flush=True)
+                print(
+                    f"| {label} | {notebook} | {name} | {control.description} | {ms:.0f} | {target} | {ratio} |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ if [[ " $parts " == *" tests "* ]]; then
         tests/test_quants.py tests/test_model.py tests/test_full_size.py 2>&1 | tee "$out/pytest.log"
 fi
 if [[ " $parts " == *" dequant "* ]]; then
-    python3 -m stablelm_lab.bench dequant --device cuda --repeat 10 2>&1 | tee "$out/dequant_ffn.md"
-    python3 -m stablelm_lab.bench dequant --device cuda --rows 50304 --cols 2560 --repeat 3 \
+    python3 -m stablelm_lab.analysis.bench dequant --device cuda --repeat 10 2>&1 | tee "$out/dequant_ffn.md"
+    python3 -m stablelm_lab.analysis.bench dequant --device cuda --rows 50304 --cols 2560 --repeat 3 \
         --formats Q4_0,Q8_0,Q4_K,Q6_K 2>&1 | tee "$out/dequant_embd.md"
 fi
 if [[ " $parts " == *" forward "* ]]; then

@@ -18,9 +18,16 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 _ROW_NAME = {t: t.name.lower() for t in GGMLQuantizationType}
-_ROW_NAME.update({GGMLQuantizationType.Q2_K: "q2_K", GGMLQuantizationType.Q3_K: "q3_K",
-                  GGMLQuantizationType.Q4_K: "q4_K", GGMLQuantizationType.Q5_K: "q5_K",
-                  GGMLQuantizationType.Q6_K: "q6_K", GGMLQuantizationType.Q8_K: "q8_K"})
+_ROW_NAME.update(
+    {
+        GGMLQuantizationType.Q2_K: "q2_K",
+        GGMLQuantizationType.Q3_K: "q3_K",
+        GGMLQuantizationType.Q4_K: "q4_K",
+        GGMLQuantizationType.Q5_K: "q5_K",
+        GGMLQuantizationType.Q6_K: "q6_K",
+        GGMLQuantizationType.Q8_K: "q8_K",
+    }
+)
 
 
 @lru_cache(maxsize=1)
@@ -31,8 +38,10 @@ def libggml_base() -> ctypes.CDLL:
         return ctypes.CDLL(os.environ["GGML_BASE_LIB"])
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
-        raise RuntimeError("llama-cpp-python is not installed: pip install --no-binary llama-cpp-python "
-                           "llama-cpp-python (with CMAKE_ARGS='-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF')")
+        raise RuntimeError(
+            "llama-cpp-python is not installed: pip install --no-binary llama-cpp-python "
+            "llama-cpp-python (with CMAKE_ARGS='-DGGML_NATIVE=OFF -DLLAMA_CURL=OFF')"
+        )
     # LLAMA_CPP_LIB_PATH: where llama-cpp-python itself looks for a libllama built apart from the package
     lib_dir = Path(os.environ.get("LLAMA_CPP_LIB_PATH") or Path(spec.origin).parent / "lib")
     candidates = sorted(lib_dir.glob("libggml-base.*"))
@@ -97,11 +106,25 @@ def quantize_chunk(x: np.ndarray, qtype: GGMLQuantizationType, imatrix: np.ndarr
     lib.ggml_quantize_init(qtype.value)
     f = lib.ggml_quantize_chunk
     f.restype = ctypes.c_size_t
-    f.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
-                  ctypes.c_int64, ctypes.c_void_p]
+    f.argtypes = [
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+    ]
     weights = None if imatrix is None else np.ascontiguousarray(imatrix, dtype=np.float32)
-    written = f(qtype.value, x.ctypes.data, out.ctypes.data, 0, x.shape[0], x.shape[1],
-                None if weights is None else weights.ctypes.data)
+    written = f(
+        qtype.value,
+        x.ctypes.data,
+        out.ctypes.data,
+        0,
+        x.shape[0],
+        x.shape[1],
+        None if weights is None else weights.ctypes.data,
+    )
     if written != out.size:
         raise RuntimeError(f"ggml_quantize_chunk wrote {written} bytes, expected {out.size}")
     return out.reshape(x.shape[0], -1)

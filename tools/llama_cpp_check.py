@@ -28,8 +28,19 @@ COMMAND = "/work/llamavenv/bin/python tools/llama_cpp_check.py"
 def greedy(model_path: Path, prompt: str, n_new: int) -> dict:
     from llama_cpp import Llama
 
-    llm = Llama(str(model_path), n_ctx=256, n_batch=256, n_ubatch=256, logits_all=True, type_k=GGML_TYPE_F32,
-                type_v=GGML_TYPE_F32, n_threads=1, n_threads_batch=1, flash_attn=False, verbose=False)
+    llm = Llama(
+        str(model_path),
+        n_ctx=256,
+        n_batch=256,
+        n_ubatch=256,
+        logits_all=True,
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
+        n_threads=1,
+        n_threads_batch=1,
+        flash_attn=False,
+        verbose=False,
+    )
     prompt_tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=False)
     llm.eval(prompt_tokens)
     new, top2 = [], []
@@ -41,8 +52,13 @@ def greedy(model_path: Path, prompt: str, n_new: int) -> dict:
         llm.eval([int(first)])
     text = llm.detokenize(new).decode("utf-8", errors="replace")
     llm.close()
-    return {"prompt_tokens": prompt_tokens, "greedy_tokens": new, "greedy_text": text,
-            "top2": top2, "top2_columns": ["token", "logit", "runner-up", "logit"]}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "greedy_tokens": new,
+        "greedy_text": text,
+        "top2": top2,
+        "top2_columns": ["token", "logit", "runner-up", "logit"],
+    }
 
 
 def main() -> None:
@@ -54,10 +70,15 @@ def main() -> None:
     args = p.parse_args()
     model = Path(args.model)
     prompt = json.loads((model.parent / "evaluation.json").read_text())["continuations"]["code"]["prompt"]
-    record = {"command": COMMAND, "llama_cpp_python": llama_cpp.__version__, "model": model.name,
-              "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
-              "settings": "n_ctx 256, K and V cache F32, 1 thread, no flash attention, argmax of the logits",
-              "prompt": prompt, **greedy(model, prompt, N_NEW)}
+    record = {
+        "command": COMMAND,
+        "llama_cpp_python": llama_cpp.__version__,
+        "model": model.name,
+        "model_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "settings": "n_ctx 256, K and V cache F32, 1 thread, no flash attention, argmax of the logits",
+        "prompt": prompt,
+        **greedy(model, prompt, N_NEW),
+    }
     Path(args.out).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
     print(f"{record['greedy_text']!r}\n-> {args.out}")
 

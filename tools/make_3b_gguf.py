@@ -31,17 +31,18 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType as T, GGUFWriter
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 import ggufmaker  # noqa: E402
 
 from stablelm_lab import quants  # noqa: E402
-from stablelm_lab.bench import realistic_blocks  # noqa: E402
-from stablelm_lab.gguf_file import TensorInfo  # noqa: E402
-from stablelm_lab.mixes import ModelShape, choose_type, get_mix  # noqa: E402
-from stablelm_lab.quantize_file import quantize_gguf  # noqa: E402
+from stablelm_lab.analysis.bench import realistic_blocks  # noqa: E402
+from stablelm_lab.container.gguf_file import TensorInfo  # noqa: E402
+from stablelm_lab.mixes.quantize_file import quantize_gguf  # noqa: E402
+from stablelm_lab.mixes.rules import ModelShape, choose_type, get_mix  # noqa: E402
 from stablelm_lab.train.export import converter_dtype, converter_type  # noqa: E402
 
 MIXES = ("Q4_K_M", "Q8_0", "Q4_0")
@@ -49,8 +50,18 @@ MIXES = ("Q4_K_M", "Q8_0", "Q4_0")
 
 def stablelm_3b_spec(n_layer: int = 32) -> ggufmaker.TinySpec:
     """StableLM-3B-4E1T's hyper-parameters (its config.json), with random weights."""
-    return ggufmaker.TinySpec(n_vocab=50304, n_embd=2560, n_layer=n_layer, n_head=32, n_head_kv=32, n_ff=6912,
-                              n_ctx=4096, n_rot=20, norm_eps=1e-5, rope_base=10000.0)
+    return ggufmaker.TinySpec(
+        n_vocab=50304,
+        n_embd=2560,
+        n_layer=n_layer,
+        n_head=32,
+        n_head_kv=32,
+        n_ff=6912,
+        n_ctx=4096,
+        n_rot=20,
+        norm_eps=1e-5,
+        rope_base=10000.0,
+    )
 
 
 def start_file(path: Path, spec: ggufmaker.TinySpec, table: list[tuple], tokenizer: str = "placeholder") -> GGUFWriter:
@@ -75,8 +86,15 @@ def write_f16(path: Path, spec: ggufmaker.TinySpec, tokenizer: str = "placeholde
     """The F16 file, written tensor by tensor: the table first (names, shapes, sizes), then the data."""
     shapes = ggufmaker.weight_shapes(spec)
     dtypes = {name: np.dtype(converter_type(name, shape)) for name, shape in shapes.items()}
-    writer = start_file(path, spec, [(name, shape, dtypes[name], int(np.prod(shape)) * dtypes[name].itemsize, None)
-                                     for name, shape in shapes.items()], tokenizer)
+    writer = start_file(
+        path,
+        spec,
+        [
+            (name, shape, dtypes[name], int(np.prod(shape)) * dtypes[name].itemsize, None)
+            for name, shape in shapes.items()
+        ],
+        tokenizer,
+    )
     from tqdm import tqdm
 
     for name, w in tqdm(ggufmaker.random_weight_stream(spec), total=len(shapes), desc="F16 tensors"):
@@ -88,8 +106,10 @@ def write_f16(path: Path, spec: ggufmaker.TinySpec, tokenizer: str = "placeholde
 def write_random_blocks(path: Path, spec: ggufmaker.TinySpec, mix: str, tokenizer: str = "placeholder") -> Path:
     """The mix's types for every tensor, as random blocks; norms near 1, biases near 0 (float32)."""
     rules, model = get_mix(mix), ModelShape(spec.n_layer, spec.n_head // spec.n_head_kv)
-    choices = [choose_type(TensorInfo(name, shape, T.F32, 0, 0), rules, model)
-               for name, shape in ggufmaker.weight_shapes(spec).items()]
+    choices = [
+        choose_type(TensorInfo(name, shape, T.F32, 0, 0), rules, model)
+        for name, shape in ggufmaker.weight_shapes(spec).items()
+    ]
     writer = start_file(path, spec, [(c.name, c.shape, np.float32, c.nbytes, c.qtype) for c in choices], tokenizer)
     rng = np.random.default_rng(spec.seed)
     for i, c in enumerate(choices):
@@ -114,18 +134,29 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--mixes", default=",".join(MIXES))
     parser.add_argument("--jobs", type=int, default=2, help="mixes quantized at once")
-    parser.add_argument("--random-blocks", action="store_true",
-                        help="write each mix directly, as random blocks of its types (no F16, no quantizer)")
-    parser.add_argument("--tokenizer", choices=("placeholder", "neox"), default="placeholder",
-                        help="numbered placeholder tokens (enough for llama.cpp), or a small working BPE")
+    parser.add_argument(
+        "--random-blocks",
+        action="store_true",
+        help="write each mix directly, as random blocks of its types (no F16, no quantizer)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        choices=("placeholder", "neox"),
+        default="placeholder",
+        help="numbered placeholder tokens (enough for llama.cpp), or a small working BPE",
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.random_blocks:
         for mix in filter(None, args.mixes.split(",")):
             start = time.perf_counter()
-            dst = write_random_blocks(out / f"stablelm-3b-shaped-{args.layers}L-random-blocks.{mix}.gguf",
-                                      stablelm_3b_spec(args.layers), mix, args.tokenizer)
+            dst = write_random_blocks(
+                out / f"stablelm-3b-shaped-{args.layers}L-random-blocks.{mix}.gguf",
+                stablelm_3b_spec(args.layers),
+                mix,
+                args.tokenizer,
+            )
             print(f"{dst}: {dst.stat().st_size / 1e9:.2f} GB in {time.perf_counter() - start:.0f} s")
         return
     f16 = out / f"stablelm-3b-shaped-{args.layers}L.F16.gguf"

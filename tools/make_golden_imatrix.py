@@ -33,7 +33,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType as T, GGUFReader, GGUFWriter
+from gguf import GGMLQuantizationType as T
+from gguf import GGUFReader, GGUFWriter
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ggml_ref  # noqa: E402
@@ -56,32 +57,40 @@ def importance_vectors(n: int = 512) -> dict[str, np.ndarray]:
     """The importance vectors the row tests use, float32 (n,)."""
     rng = np.random.default_rng(20261206)
     one_zero = np.ones(n)
-    one_zero[37] = 0                                         # one column that never carries a signal
-    return {name: v.astype(np.float32) for name, v in {
-        "uniform": np.ones(n),
-        "random": rng.uniform(0.01, 10.0, n),
-        "spiky": np.where(rng.random(n) < 0.05, 1000.0, 0.0),  # a few outlier channels, the rest silent
-        "one_zero": one_zero,
-        "lognormal": rng.lognormal(0.0, 2.0, n),              # the spread of real activations
-    }.items()}
+    one_zero[37] = 0  # one column that never carries a signal
+    return {
+        name: v.astype(np.float32)
+        for name, v in {
+            "uniform": np.ones(n),
+            "random": rng.uniform(0.01, 10.0, n),
+            "spiky": np.where(rng.random(n) < 0.05, 1000.0, 0.0),  # a few outlier channels, the rest silent
+            "one_zero": one_zero,
+            "lognormal": rng.lognormal(0.0, 2.0, n),  # the spread of real activations
+        }.items()
+    }
 
 
 def row_goldens(vectors: dict[str, np.ndarray]) -> dict:
     """type -> row character -> importance vector -> sha256 (first 32 hex digits) of ggml's bytes."""
     with np.load(ROOT / "tests" / "golden" / "quant_rows.npz") as npz:
         rows = {key.split("/", 1)[1]: npz[key] for key in npz.files if key.startswith("rows/")}
-    return {qtype.name: {character: {name: sha256(ggml_ref.quantize_chunk(x, qtype, v))[:32]
-                                     for name, v in vectors.items()}
-                         for character, x in rows.items()}
-            for qtype in WEIGHTED_TYPES}
+    return {
+        qtype.name: {
+            character: {name: sha256(ggml_ref.quantize_chunk(x, qtype, v))[:32] for name, v in vectors.items()}
+            for character, x in rows.items()
+        }
+        for qtype in WEIGHTED_TYPES
+    }
 
 
 # ---- an imatrix for stablelm16, and llama-quantize --imatrix ------------------------------------------
 def collected_tensors(source: Path) -> dict[str, int]:
     """The matrices llama-imatrix collects (every one a matmul multiplies, not token_embd): name -> columns."""
-    return {t.name: int(t.shape[0]) for t in GGUFReader(str(source)).tensors
-            if len(t.shape) == 2 and t.name.endswith(".weight") and t.name != "token_embd.weight"
-            and t.name != LEFT_OUT}
+    return {
+        t.name: int(t.shape[0])
+        for t in GGUFReader(str(source)).tensors
+        if len(t.shape) == 2 and t.name.endswith(".weight") and t.name != "token_embd.weight" and t.name != LEFT_OUT
+    }
 
 
 def write_imatrix(path: Path, columns: dict[str, int]) -> None:
@@ -108,8 +117,13 @@ def write_imatrix(path: Path, columns: dict[str, int]) -> None:
 
 def llama_quantize(src: Path, dst: Path, mix: str, cwd: Path) -> None:
     binary = os.environ.get("LLAMA_QUANTIZE", "/work/llama/build/bin/llama-quantize")
-    subprocess.run([binary, "--imatrix", IMATRIX_NAME, str(src), str(dst), mix, "1"], cwd=cwd, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [binary, "--imatrix", IMATRIX_NAME, str(src), str(dst), mix, "1"],
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def mix_goldens(tmp: Path) -> dict:
@@ -120,9 +134,11 @@ def mix_goldens(tmp: Path) -> dict:
     for mix in make_golden_mixes.MIXES:
         dst = tmp / f"stablelm16.{mix}.gguf"
         llama_quantize(src, dst, mix, tmp)
-        golden["mixes"][mix] = {"file_sha256": sha256(np.fromfile(dst, np.uint8)),
-                                "file_size": dst.stat().st_size,
-                                "tensors": make_golden_mixes.tensor_records(dst)}
+        golden["mixes"][mix] = {
+            "file_sha256": sha256(np.fromfile(dst, np.uint8)),
+            "file_size": dst.stat().st_size,
+            "tensors": make_golden_mixes.tensor_records(dst),
+        }
     return golden
 
 
@@ -131,15 +147,45 @@ def default_golden(tmp: Path) -> dict:
     repository root, so that the paths recorded in the files are relative."""
     tools = Path(os.environ.get("LLAMA_QUANTIZE", "/work/llama/build/bin/llama-quantize")).parent
     imatrix = (GOLDEN / "default.imatrix.gguf").relative_to(ROOT)
-    subprocess.run([str(tools / "llama-imatrix"), "-m", DEFAULT_MODEL, "-f", "data/heldout.txt", "-o", str(imatrix),
-                    "-c", "128", "--chunks", "8", "--no-ppl", "--process-output", "-t", "1"], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            str(tools / "llama-imatrix"),
+            "-m",
+            DEFAULT_MODEL,
+            "-f",
+            "data/heldout.txt",
+            "-o",
+            str(imatrix),
+            "-c",
+            "128",
+            "--chunks",
+            "8",
+            "--no-ppl",
+            "--process-output",
+            "-t",
+            "1",
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     dst = tmp / "default.Q4_K_M.gguf"
-    subprocess.run([str(tools / "llama-quantize"), "--imatrix", str(imatrix), DEFAULT_MODEL, str(dst), "Q4_K_M", "1"],
-                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return {"source": DEFAULT_MODEL, "imatrix_file": str(imatrix), "mix": "Q4_K_M",
-            "file_sha256": sha256(np.fromfile(dst, np.uint8)), "file_size": dst.stat().st_size,
-            "tensors": make_golden_mixes.tensor_records(dst)}
+    subprocess.run(
+        [str(tools / "llama-quantize"), "--imatrix", str(imatrix), DEFAULT_MODEL, str(dst), "Q4_K_M", "1"],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    return {
+        "source": DEFAULT_MODEL,
+        "imatrix_file": str(imatrix),
+        "mix": "Q4_K_M",
+        "file_sha256": sha256(np.fromfile(dst, np.uint8)),
+        "file_size": dst.stat().st_size,
+        "tensors": make_golden_mixes.tensor_records(dst),
+    }
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Make the golden importance matrices that check stablelm_lab.imatrix against llama-imatrix itself.
+"""Make the golden importance matrices that check stablelm_lab.analysis.imatrix against llama-imatrix itself.
 
     .venv/bin/python tools/make_golden_imatrix_file.py [--llama-bin /work/llama/build/bin] [--text-only]
 
@@ -12,7 +12,8 @@
    its input activations to F16 first (the F16 type's vec_dot_type), and the KV cache is F16 by default,
    so the activations of every layer after the first would differ from a float32 forward pass by F16
    rounding, not by float32 summation order (measured: the F16 run's sums differ from the F32 run's by up
-   to 6e-4 relative, from ffn_down of layer 0 on; ours differ from the F32 run's by at most 3.8e-6). --process-output collects output.weight as well.
+   to 6e-4 relative, from ffn_down of layer 0 on; ours differ from the F32 run's by at most 3.8e-6).
+   --process-output collects output.weight as well.
    Written in both of llama-imatrix's formats, under tests/golden/llama_imatrix/: tiny.imatrix.gguf and
    tiny.imatrix.dat (the legacy format, --output-format dat), plus run.json (the command lines, the
    llama.cpp version).
@@ -35,8 +36,16 @@ CALIBRATION = ROOT / "data" / "calibration.txt"
 MODEL = ROOT / "data" / "tiny-stablelm.F16.gguf"
 CHUNK_SIZE, CHUNKS = 128, 8
 #: training documents (none held out): code and the reference manual's English, about 40 KB
-DOCUMENTS = ["bisect.py", "topics/function", "colorsys.py", "topics/class", "textwrap.py", "topics/with",
-             "keyword.py", "topics/while"]
+DOCUMENTS = [
+    "bisect.py",
+    "topics/function",
+    "colorsys.py",
+    "topics/class",
+    "textwrap.py",
+    "topics/with",
+    "keyword.py",
+    "topics/while",
+]
 CORPUS_PYTHON = "3.11.7"
 
 
@@ -60,10 +69,35 @@ def run(cmd: list[str]) -> str:
 
 
 def imatrix_command(bin_dir: Path, model: Path, out: Path, fmt: str) -> list[str]:
-    return [str(bin_dir / "llama-imatrix"), "-m", str(model), "-f", str(CALIBRATION.relative_to(ROOT)),
-            "-o", str(out), "--output-format", fmt, "-c", str(CHUNK_SIZE), "-b", str(CHUNK_SIZE),
-            "--chunks", str(CHUNKS), "--process-output", "--no-ppl", "-ctk", "f32", "-ctv", "f32",
-            "-fa", "off", "-t", "2", "--output-frequency", "1000"]
+    return [
+        str(bin_dir / "llama-imatrix"),
+        "-m",
+        str(model),
+        "-f",
+        str(CALIBRATION.relative_to(ROOT)),
+        "-o",
+        str(out),
+        "--output-format",
+        fmt,
+        "-c",
+        str(CHUNK_SIZE),
+        "-b",
+        str(CHUNK_SIZE),
+        "--chunks",
+        str(CHUNKS),
+        "--process-output",
+        "--no-ppl",
+        "-ctk",
+        "f32",
+        "-ctv",
+        "f32",
+        "-fa",
+        "off",
+        "-t",
+        "2",
+        "--output-frequency",
+        "1000",
+    ]
 
 
 def main() -> None:
@@ -89,11 +123,20 @@ def main() -> None:
             shutil.copyfile(out, GOLDEN / name)
             print(f"wrote {GOLDEN / name} ({out.stat().st_size} bytes)")
     version = run([str(args.llama_bin / "llama-imatrix"), "--version"]).strip().splitlines()
-    (GOLDEN / "run.json").write_text(json.dumps({
-        "commands": {k: [c.replace(tmp, "$TMP") for c in v] for k, v in commands.items()},
-        "chunk_size": CHUNK_SIZE, "chunks": CHUNKS, "text": str(CALIBRATION.relative_to(ROOT)),
-        "llama_cpp": [line for line in version if "version" in line or "built" in line],
-        "log_tail": log.strip().splitlines()[-3:]}, indent=1) + "\n")
+    (GOLDEN / "run.json").write_text(
+        json.dumps(
+            {
+                "commands": {k: [c.replace(tmp, "$TMP") for c in v] for k, v in commands.items()},
+                "chunk_size": CHUNK_SIZE,
+                "chunks": CHUNKS,
+                "text": str(CALIBRATION.relative_to(ROOT)),
+                "llama_cpp": [line for line in version if "version" in line or "built" in line],
+                "log_tail": log.strip().splitlines()[-3:],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ggml_ref  # noqa: E402
@@ -38,8 +39,7 @@ FULLY_RANDOM_BLOCKS = 8
 #: every low byte value appears; the high index bits, signs and sub-block scales stay random.
 D_OFFSET = {T.IQ2_XXS: 0, T.IQ2_XS: 0, T.IQ2_S: 0, T.IQ3_XXS: 0, T.IQ3_S: 0, T.IQ1_S: 0}
 INDEX_BYTES = {T.IQ2_S: (2, 32), T.IQ3_XXS: (2, 64), T.IQ3_S: (2, 64), T.IQ1_S: (2, 32), T.IQ1_M: (0, 32)}
-N_SWEEP_BLOCKS = {T.IQ2_XXS: 64, T.IQ2_XS: 64, T.IQ2_S: 64, T.IQ3_XXS: 32, T.IQ3_S: 32, T.IQ1_S: 64,
-                  T.IQ1_M: 64}
+N_SWEEP_BLOCKS = {T.IQ2_XXS: 64, T.IQ2_XS: 64, T.IQ2_S: 64, T.IQ3_XXS: 32, T.IQ3_S: 32, T.IQ1_S: 64, T.IQ1_M: 64}
 
 
 def importance(rng: np.random.Generator, character: str) -> np.ndarray:
@@ -59,21 +59,21 @@ def random_blocks(rng: np.random.Generator, qtype: T) -> np.ndarray:
     sweep = raw[FULLY_RANDOM_BLOCKS:]
     if qtype in D_OFFSET:
         o = D_OFFSET[qtype]
-        sweep[:, o:o + 2] = rng.uniform(1e-3, 1e-1, (n_sweep, 1)).astype(np.float16).view(np.uint8)
+        sweep[:, o : o + 2] = rng.uniform(1e-3, 1e-1, (n_sweep, 1)).astype(np.float16).view(np.uint8)
     else:  # IQ1_M: d's 16 bits are the top nibbles of the four uint16 scales
         d_bits = rng.uniform(1e-3, 1e-1, n_sweep).astype(np.float16).view(np.uint16)
         sc = sweep[:, 48:56].copy().view("<u2")
         for k in range(4):
             sc[:, k] = (sc[:, k] & 0x0FFF) | (((d_bits >> 4 * k) & 0xF) << 12)
         sweep[:, 48:56] = sc.view(np.uint8)
-    if qtype == T.IQ2_XXS:   # grid indices: bytes 0-3 of each 8-byte pair of words after d
+    if qtype == T.IQ2_XXS:  # grid indices: bytes 0-3 of each 8-byte pair of words after d
         counter = np.arange(n_sweep * 32, dtype=np.uint32) % 256
         sweep[:, 2:].reshape(n_sweep, 8, 8)[:, :, :4] = counter.reshape(n_sweep, 8, 4)
     elif qtype == T.IQ2_XS:  # the low byte of each uint16: grid index bits 0-7
         sweep[:, 2:66].reshape(n_sweep, 32, 2)[:, :, 0] = (np.arange(n_sweep * 32) % 256).reshape(n_sweep, 32)
     else:
         start, count = INDEX_BYTES[qtype]
-        sweep[:, start:start + count] = (np.arange(n_sweep * count) % 256).reshape(n_sweep, count)
+        sweep[:, start : start + count] = (np.arange(n_sweep * count) % 256).reshape(n_sweep, count)
     return raw
 
 

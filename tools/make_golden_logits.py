@@ -16,14 +16,14 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+import ggufmaker
 import numpy as np
 from gguf import LlamaFileType
 
-import ggufmaker
-
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
-SPEC = ggufmaker.TinySpec(n_vocab=320, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64,
-                          n_rot=16, seed=2026)
+SPEC = ggufmaker.TinySpec(
+    n_vocab=320, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64, n_rot=16, seed=2026
+)
 MIXES = {"Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M}
 N_TOKENS = 24
 GGML_TYPE_F32 = 0
@@ -42,11 +42,21 @@ def quantize(src: Path, dst: Path, ftype: LlamaFileType) -> None:
 def llama_logits(path: Path, tokens: list[int]) -> np.ndarray:
     from llama_cpp import Llama
 
-    llm = Llama(str(path), n_ctx=SPEC.n_ctx, n_batch=SPEC.n_ctx, n_ubatch=SPEC.n_ctx, logits_all=True,
-                type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, n_threads=1, n_threads_batch=1, flash_attn=False,
-                verbose=False)
+    llm = Llama(
+        str(path),
+        n_ctx=SPEC.n_ctx,
+        n_batch=SPEC.n_ctx,
+        n_ubatch=SPEC.n_ctx,
+        logits_all=True,
+        type_k=GGML_TYPE_F32,
+        type_v=GGML_TYPE_F32,
+        n_threads=1,
+        n_threads_batch=1,
+        flash_attn=False,
+        verbose=False,
+    )
     llm.eval(tokens)
-    logits = np.array(llm.scores[:len(tokens)], dtype=np.float32)
+    logits = np.array(llm.scores[: len(tokens)], dtype=np.float32)
     llm.close()
     return logits
 

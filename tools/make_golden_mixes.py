@@ -1,4 +1,4 @@
-"""Make the golden files that check stablelm_lab.mixes and quantize_gguf against llama-quantize itself.
+"""Make the golden files that check stablelm_lab.mixes.rules and quantize_gguf against llama-quantize itself.
 
     PYTHONPATH=tests /work/llamavenv/bin/python tools/make_golden_mixes.py [--fma-bound LLAMA_CPP_SOURCE]
 
@@ -32,37 +32,60 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFReader, LlamaFileType
-
 import ggufmaker
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGUFReader, LlamaFileType
+from gguf import GGMLQuantizationType as T
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "mixes"
-MIXES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L", "Q4_K_S", "Q4_K_M",
-         "Q5_K_S", "Q5_K_M", "Q6_K"]
+MIXES = [
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q8_0",
+    "Q2_K",
+    "Q3_K_S",
+    "Q3_K_M",
+    "Q3_K_L",
+    "Q4_K_S",
+    "Q4_K_M",
+    "Q5_K_S",
+    "Q5_K_M",
+    "Q6_K",
+]
 MODELS = {
-    "stablelm16": {"spec": ggufmaker.TinySpec(n_vocab=256, n_embd=256, n_layer=16, n_head=4, n_head_kv=4,
-                                              n_ff=256, n_ctx=128, seed=16),
-                   "source_type": "F16"},
-    "gqa12": {"spec": ggufmaker.TinySpec(n_vocab=64, n_embd=256, n_layer=12, n_head=4, n_head_kv=1,
-                                              n_ff=288, n_ctx=128, seed=12),
-                   "source_type": "F32"},
+    "stablelm16": {
+        "spec": ggufmaker.TinySpec(
+            n_vocab=256, n_embd=256, n_layer=16, n_head=4, n_head_kv=4, n_ff=256, n_ctx=128, seed=16
+        ),
+        "source_type": "F16",
+    },
+    "gqa12": {
+        "spec": ggufmaker.TinySpec(
+            n_vocab=64, n_embd=256, n_layer=12, n_head=4, n_head_kv=1, n_ff=288, n_ctx=128, seed=12
+        ),
+        "source_type": "F32",
+    },
 }
 #: (model, mix, tensor) kept whole in tensors.npz: one of each kind of rule.
-WHOLE_TENSORS = [("stablelm16", "Q4_K_M", "blk.0.attn_v.weight"),      # use_more_bits -> Q6_K
-                 ("stablelm16", "Q3_K_M", "blk.0.ffn_down.weight"),    # first sixteenth -> Q5_K
-                 ("stablelm16", "Q2_K", "blk.5.attn_output.weight"),   # Q2_K's attn_output -> Q3_K
-                 ("stablelm16", "Q4_0", "output.weight"),              # output head -> Q6_K
-                 ("gqa12", "Q4_K_M", "blk.0.ffn_down.weight")]    # Q6_K falls back to Q8_0
+WHOLE_TENSORS = [
+    ("stablelm16", "Q4_K_M", "blk.0.attn_v.weight"),  # use_more_bits -> Q6_K
+    ("stablelm16", "Q3_K_M", "blk.0.ffn_down.weight"),  # first sixteenth -> Q5_K
+    ("stablelm16", "Q2_K", "blk.5.attn_output.weight"),  # Q2_K's attn_output -> Q3_K
+    ("stablelm16", "Q4_0", "output.weight"),  # output head -> Q6_K
+    ("gqa12", "Q4_K_M", "blk.0.ffn_down.weight"),
+]  # Q6_K falls back to Q8_0
 MOSTLY = {"F16": T.F16, "F32": T.F32}
 
 
 def write_source(path: Path, model: str) -> Path:
     """The model's source file, the same bytes on every run (numpy's PCG64 stream and gguf-py)."""
     m = MODELS[model]
-    return ggufmaker.write_gguf(path, m["spec"], types=ggufmaker.uniform(MOSTLY[m["source_type"]]),
-                                tokenizer="placeholder")
+    return ggufmaker.write_gguf(
+        path, m["spec"], types=ggufmaker.uniform(MOSTLY[m["source_type"]]), tokenizer="placeholder"
+    )
 
 
 def sha256(data) -> str:
@@ -92,14 +115,19 @@ def check_llama_cpp_loads(path: Path, n_vocab: int) -> None:
 
 def tensor_records(path: Path) -> dict[str, str]:
     """Tensor name -> "TYPE NBYTES SHA256_PREFIX", in the file's order."""
-    return {t.name: f"{T(t.tensor_type).name} {int(t.n_bytes)} {sha256(t.data)[:16]}"
-            for t in GGUFReader(str(path)).tensors}
+    return {
+        t.name: f"{T(t.tensor_type).name} {int(t.n_bytes)} {sha256(t.data)[:16]}" for t in GGUFReader(str(path)).tensors
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--fma-bound", metavar="LLAMA_CPP_SOURCE", type=Path,
-                        help="also measure an FMA build of LLAMA_CPP_SOURCE/ggml/src/ggml-quants.c")
+    parser.add_argument(
+        "--fma-bound",
+        metavar="LLAMA_CPP_SOURCE",
+        type=Path,
+        help="also measure an FMA build of LLAMA_CPP_SOURCE/ggml/src/ggml-quants.c",
+    )
     args = parser.parse_args()
     import llama_cpp
 
@@ -109,15 +137,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model, m in MODELS.items():
             src = write_source(Path(tmp) / f"{model}.gguf", model)
-            entry = {"spec": dataclasses.asdict(m["spec"]), "source_type": m["source_type"],
-                     "source_sha256": sha256(np.fromfile(src, np.uint8)),
-                     "mixes": {}}
+            entry = {
+                "spec": dataclasses.asdict(m["spec"]),
+                "source_type": m["source_type"],
+                "source_sha256": sha256(np.fromfile(src, np.uint8)),
+                "mixes": {},
+            }
             for mix in MIXES:
                 dst = Path(tmp) / f"{model}.{mix}.gguf"
                 llama_quantize(src, dst, mix)
                 check_llama_cpp_loads(dst, m["spec"].n_vocab)
-                entry["mixes"][mix] = {"file_sha256": sha256(np.fromfile(dst, np.uint8)),
-                                       "file_size": dst.stat().st_size, "tensors": tensor_records(dst)}
+                entry["mixes"][mix] = {
+                    "file_sha256": sha256(np.fromfile(dst, np.uint8)),
+                    "file_size": dst.stat().st_size,
+                    "tensors": tensor_records(dst),
+                }
                 for w_model, w_mix, name in WHOLE_TENSORS:
                     if (w_model, w_mix) == (model, mix):
                         t = next(t for t in GGUFReader(str(dst)).tensors if t.name == name)
@@ -140,20 +174,27 @@ def fma_bound(src: Path, fma_lib_path: Path) -> dict:
     import ggml_ref
 
     fma_lib = ctypes.CDLL(str(fma_lib_path))
-    matrices = [np.asarray(t.data, dtype=np.float32).reshape(int(t.shape[1]), int(t.shape[0]))
-                for t in GGUFReader(str(src)).tensors if len(t.shape) == 2 and t.shape[1] > 1]
+    matrices = [
+        np.asarray(t.data, dtype=np.float32).reshape(int(t.shape[1]), int(t.shape[0]))
+        for t in GGUFReader(str(src)).tensors
+        if len(t.shape) == 2 and t.shape[1] > 1
+    ]
     x = np.concatenate(matrices)
     out = {}
     for qtype in [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]:
         block_size, type_size = GGML_QUANT_SIZES[qtype]
         ref, fma = ggml_ref.quantize_rows(x, qtype), quantize_with(fma_lib, x, qtype)
         differs = (ref.reshape(-1, type_size) != fma.reshape(-1, type_size)).any(axis=1)
-        err_ref, err_fma = (((ggml_ref.dequantize_row(q, qtype) - x) ** 2).reshape(-1, block_size).sum(axis=1)
-                            for q in (ref, fma))
+        err_ref, err_fma = (
+            ((ggml_ref.dequantize_row(q, qtype) - x) ** 2).reshape(-1, block_size).sum(axis=1) for q in (ref, fma)
+        )
         change = np.abs(err_fma - err_ref)[differs] / np.maximum(err_ref[differs], 1e-30)
-        out[qtype.name] = {"blocks": int(differs.size), "blocks_differing": int(differs.sum()),
-                           "squared_error_ratio": float(err_fma.sum() / err_ref.sum()),
-                           "max_block_squared_error_change": float(change.max()) if change.size else 0.0}
+        out[qtype.name] = {
+            "blocks": int(differs.size),
+            "blocks_differing": int(differs.sum()),
+            "squared_error_ratio": float(err_fma.sum() / err_ref.sum()),
+            "max_block_squared_error_change": float(change.max()) if change.size else 0.0,
+        }
     return out
 
 
@@ -163,9 +204,26 @@ def build_fma_quants(ggml: Path, tmp: Path) -> Path:
 
     lib_dir = Path(llama_cpp.__file__).parent / "lib"
     out = tmp / "libquants_fma.so"
-    subprocess.run(["gcc", "-O3", "-march=haswell", "-ffp-contract=fast", "-fPIC", "-shared", "-Wl,-Bsymbolic",
-                    f"-I{ggml / 'include'}", f"-I{ggml / 'src'}", str(ggml / "src" / "ggml-quants.c"),
-                    "-o", str(out), f"-L{lib_dir}", "-lggml-base", f"-Wl,-rpath,{lib_dir}"], check=True)
+    subprocess.run(
+        [
+            "gcc",
+            "-O3",
+            "-march=haswell",
+            "-ffp-contract=fast",
+            "-fPIC",
+            "-shared",
+            "-Wl,-Bsymbolic",
+            f"-I{ggml / 'include'}",
+            f"-I{ggml / 'src'}",
+            str(ggml / "src" / "ggml-quants.c"),
+            "-o",
+            str(out),
+            f"-L{lib_dir}",
+            "-lggml-base",
+            f"-Wl,-rpath,{lib_dir}",
+        ],
+        check=True,
+    )
     return out
 
 

@@ -27,7 +27,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFWriter, LlamaFileType
+from gguf import GGML_QUANT_SIZES, GGUFWriter, LlamaFileType
+from gguf import GGMLQuantizationType as T
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ggml_ref  # noqa: E402
@@ -35,16 +36,40 @@ import ggml_ref  # noqa: E402
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 
 #: The types that have a reference quantizer in ggml (quantize_row_<type>_ref).
-QUANTIZED_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
-                   T.IQ4_NL, T.IQ4_XS, T.TQ1_0, T.TQ2_0, T.MXFP4]
+QUANTIZED_TYPES = [
+    T.Q4_0,
+    T.Q4_1,
+    T.Q5_0,
+    T.Q5_1,
+    T.Q8_0,
+    T.Q2_K,
+    T.Q3_K,
+    T.Q4_K,
+    T.Q5_K,
+    T.Q6_K,
+    T.IQ4_NL,
+    T.IQ4_XS,
+    T.TQ1_0,
+    T.TQ2_0,
+    T.MXFP4,
+]
 #: llama_model_quantize's file type for each of them.
-FILE_TYPES = {T.Q4_0: LlamaFileType.MOSTLY_Q4_0, T.Q4_1: LlamaFileType.MOSTLY_Q4_1,
-              T.Q5_0: LlamaFileType.MOSTLY_Q5_0, T.Q5_1: LlamaFileType.MOSTLY_Q5_1,
-              T.Q8_0: LlamaFileType.MOSTLY_Q8_0, T.Q2_K: LlamaFileType.MOSTLY_Q2_K,
-              T.Q3_K: LlamaFileType.MOSTLY_Q3_K_S, T.Q4_K: LlamaFileType.MOSTLY_Q4_K_S,
-              T.Q5_K: LlamaFileType.MOSTLY_Q5_K_S, T.Q6_K: LlamaFileType.MOSTLY_Q6_K,
-              T.IQ4_NL: LlamaFileType.MOSTLY_IQ4_NL, T.IQ4_XS: LlamaFileType.MOSTLY_IQ4_XS,
-              T.TQ1_0: LlamaFileType.MOSTLY_TQ1_0, T.TQ2_0: LlamaFileType.MOSTLY_TQ2_0}
+FILE_TYPES = {
+    T.Q4_0: LlamaFileType.MOSTLY_Q4_0,
+    T.Q4_1: LlamaFileType.MOSTLY_Q4_1,
+    T.Q5_0: LlamaFileType.MOSTLY_Q5_0,
+    T.Q5_1: LlamaFileType.MOSTLY_Q5_1,
+    T.Q8_0: LlamaFileType.MOSTLY_Q8_0,
+    T.Q2_K: LlamaFileType.MOSTLY_Q2_K,
+    T.Q3_K: LlamaFileType.MOSTLY_Q3_K_S,
+    T.Q4_K: LlamaFileType.MOSTLY_Q4_K_S,
+    T.Q5_K: LlamaFileType.MOSTLY_Q5_K_S,
+    T.Q6_K: LlamaFileType.MOSTLY_Q6_K,
+    T.IQ4_NL: LlamaFileType.MOSTLY_IQ4_NL,
+    T.IQ4_XS: LlamaFileType.MOSTLY_IQ4_XS,
+    T.TQ1_0: LlamaFileType.MOSTLY_TQ1_0,
+    T.TQ2_0: LlamaFileType.MOSTLY_TQ2_0,
+}
 # (MXFP4 is left out of the files: llama.cpp writes it only for MoE expert tensors, which StableLM lacks.)
 DECODED_TYPES = QUANTIZED_TYPES
 
@@ -53,7 +78,7 @@ def row_characters(rng: np.random.Generator, n_rows: int = 8, n: int = 512) -> d
     """Rows that exercise every branch of the quantizers, each (n_rows, n) float32."""
     gauss = rng.standard_normal((n_rows, n))
     heavy = rng.standard_t(2, (n_rows, n)) * 0.02
-    heavy[rng.random((n_rows, n)) < 0.01] *= 50                       # rare outliers
+    heavy[rng.random((n_rows, n)) < 0.01] *= 50  # rare outliers
     constant = np.full((n_rows, n), 0.125) * np.where(np.arange(n_rows) % 2, -1, 1)[:, None]
     magnitude_tiny = np.array([1e-6, 1e-8, 1e-30, 1e-38] * (n_rows // 4))[:, None]
     magnitude_huge = np.array([1e2, 1e4, 6e4, 1e6] * (n_rows // 4))[:, None]
@@ -118,7 +143,7 @@ def tiny_stablelm_tensors(rng: np.random.Generator) -> dict[str, np.ndarray]:
         # ordinary-sized keys (q.k / sqrt(64) spans several units), so attention is far from uniform and a
         # wrong rotary or attention scale changes the logits; "tiny" blocks stay in ffn_up
         "blk.0.attn_k.weight": matrix(64, "gaussian") * np.float32(10),
-        "blk.0.attn_v.weight": matrix(64, "gaussian") * np.float32(5e4),   # large, yet finite in fp16
+        "blk.0.attn_v.weight": matrix(64, "gaussian") * np.float32(5e4),  # large, yet finite in fp16
         "blk.0.attn_output.weight": matrix(256, "zeros", "constant", "alternating_signs", "integers"),
         "blk.0.ffn_norm.weight": np.ones(hidden, np.float32),
         "blk.0.ffn_norm.bias": np.zeros(hidden, np.float32),

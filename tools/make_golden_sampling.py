@@ -1,4 +1,4 @@
-"""Make the golden file that checks stablelm_lab.sampling's llama.cpp chain against llama.cpp's own samplers.
+"""Make the golden file that checks stablelm_lab.text.sampling's llama.cpp chain against llama.cpp's own samplers.
 
     PYTHONPATH=/path/to/llama_cpp_python-0.3.36 LLAMA_CPP_LIB_PATH=/path/to/llama.cpp/build/bin \\
         .venv/bin/python tools/make_golden_sampling.py   # with diskcache importable (llama_cpp's __init__ needs it)
@@ -24,10 +24,14 @@ def cases(rng: np.random.Generator) -> list[tuple[np.ndarray, tuple[int, float, 
     """(logits, (top_k, top_p, min_p, temperature)): llama-cli's defaults, random settings, exact cut-offs."""
     out = [(rng.normal(0, 3, 300).astype(np.float32), (40, 0.95, 0.05, 0.8)) for _ in range(8)]
     for _ in range(30):
-        n = int(rng.choice([20, 300, 1500]))              # 1500 > 1024: top-p's partial-sort path
+        n = int(rng.choice([20, 300, 1500]))  # 1500 > 1024: top-p's partial-sort path
         logits = (rng.normal(0, rng.uniform(0.3, 6), n)).astype(np.float32)
-        settings = (int(rng.choice([0, 1, 5, 40, 100])), float(rng.choice([0.3, 0.5, 0.8, 0.9, 0.95, 1.0])),
-                    float(rng.choice([0.0, 0.01, 0.05, 0.2])), float(rng.choice([0.3, 0.8, 1.0, 1.5])))
+        settings = (
+            int(rng.choice([0, 1, 5, 40, 100])),
+            float(rng.choice([0.3, 0.5, 0.8, 0.9, 0.95, 1.0])),
+            float(rng.choice([0.0, 0.01, 0.05, 0.2])),
+            float(rng.choice([0.3, 0.8, 1.0, 1.5])),
+        )
         out.append((logits, settings))
     # equal logits give probabilities that are exact in float32: the running sum hits top_p exactly (which of
     # the tied tokens stay is up to std::partial_sort; the tests compare how many, and their probabilities)
@@ -47,8 +51,7 @@ def llama_chain(logits: np.ndarray, top_k: int, top_p: float, min_p: float, temp
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_min_p(min_p, 0))
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp_ext(temperature, 0.0, 1.0))
     L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(1234))
-    data = (L.llama_token_data * len(logits))(*[L.llama_token_data(i, float(x), 0.0)
-                                                  for i, x in enumerate(logits)])
+    data = (L.llama_token_data * len(logits))(*[L.llama_token_data(i, float(x), 0.0) for i, x in enumerate(logits)])
     array = L.llama_token_data_array(data, len(logits), -1, False)
     L.llama_sampler_apply(chain, ctypes.byref(array))
     kept = [(array.data[i].id, array.data[i].p) for i in range(array.size)]

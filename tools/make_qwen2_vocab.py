@@ -70,8 +70,7 @@ def main() -> None:
 
     keep = [i for i, t in enumerate(tokens) if t in singles or (t and any(t in text for text in texts))]
     kept = set(tokens[i] for i in keep)
-    kept_merges = [m for m in merges if m.replace(" ", "", 1) in kept
-                   and all(part in kept for part in m.split(" ", 1))]
+    kept_merges = [m for m in merges if m.replace(" ", "", 1) in kept and all(part in kept for part in m.split(" ", 1))]
 
     OUT.mkdir(parents=True, exist_ok=True)
     writer = GGUFWriter(str(OUT / "vocab.gguf"), "qwen2")
@@ -88,8 +87,10 @@ def main() -> None:
     writer.close()
     for suffix in (".inp", ".out"):
         shutil.copyfile(source / "models" / f"{vocab.name}{suffix}", OUT / f"vocab.gguf{suffix}")
-    print(f"{len(keep)} of {len(tokens)} tokens, {len(kept_merges)} of {len(merges)} merges: "
-          f"{(OUT / 'vocab.gguf').stat().st_size / 1e3:.0f} kB")
+    print(
+        f"{len(keep)} of {len(tokens)} tokens, {len(kept_merges)} of {len(merges)} merges: "
+        f"{(OUT / 'vocab.gguf').stat().st_size / 1e3:.0f} kB"
+    )
 
 
 if __name__ == "__main__":

@@ -26,17 +26,19 @@ import torch
 
 from stablelm_lab import StableLM, embedded_gguf, load_tokenizer
 
-G = importlib.import_module("stablelm_lab.generate")
+G = importlib.import_module("stablelm_lab.text.generate")
 NB08 = "def fibonacci(n):\n    "
 CODE = 'def read_lines(path):\n    """Return the lines of the file at *path*."""\n'
 ENGLISH = "The while statement is used for"
 NB09 = "import os\n\ndef read_file(path):\n    with open(path) as f:\n        return f.read()\n"
-RUNS = [("notebook 08, greedy", NB08, 40, dict(do_sample=False)),
-        ("notebook 08, sampled", NB08, 40, dict(temperature=0.75, top_p=0.95, seed=0)),
-        ("data/README, code, greedy", CODE, 48, dict(do_sample=False)),
-        ("data/README, code, sampled", CODE, 48, dict(temperature=0.8, top_p=0.95, seed=0)),
-        ("data/README, English, greedy", ENGLISH, 48, dict(do_sample=False)),
-        ("data/README, English, sampled", ENGLISH, 48, dict(temperature=0.8, top_p=0.95, seed=0))]
+RUNS = [
+    ("notebook 08, greedy", NB08, 40, dict(do_sample=False)),
+    ("notebook 08, sampled", NB08, 40, dict(temperature=0.75, top_p=0.95, seed=0)),
+    ("data/README, code, greedy", CODE, 48, dict(do_sample=False)),
+    ("data/README, code, sampled", CODE, 48, dict(temperature=0.8, top_p=0.95, seed=0)),
+    ("data/README, English, greedy", ENGLISH, 48, dict(do_sample=False)),
+    ("data/README, English, sampled", ENGLISH, 48, dict(temperature=0.8, top_p=0.95, seed=0)),
+]
 
 
 def margins(model, tok, prompt, n, **kw) -> tuple[list[float], list[np.ndarray]]:
@@ -70,7 +72,7 @@ def margins(model, tok, prompt, n, **kw) -> tuple[list[float], list[np.ndarray]]
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--dump":          # one noise run, in a fresh process
+    if len(sys.argv) == 3 and sys.argv[1] == "--dump":  # one noise run, in a fresh process
         torch.set_num_threads(int(os.environ["THREADS"]))
         path = embedded_gguf()
         _, seen = margins(StableLM.from_gguf(path), load_tokenizer(path), NB08, 40, do_sample=False)
@@ -87,8 +89,10 @@ def main() -> None:
         print(f"{'notebook 08, top-8 table':32} {8:5d} {float((top[:-1] - top[1:]).min()):16.4f}")
         ids = tok.encode(NB09).ids
         _, acts = model.run_with_cache(torch.tensor([ids]))
-        lens = [model.output(model.output_norm(acts[f"blk.{i}.l_out"][0])).topk(2, -1).values
-                for i in range(model.config.n_layer)]
+        lens = [
+            model.output(model.output_norm(acts[f"blk.{i}.l_out"][0])).topk(2, -1).values
+            for i in range(model.config.n_layer)
+        ]
         gap = min(float((t[:, 0] - t[:, 1]).min()) for t in lens)
         print(f"{'notebook 09, logit lens':32} {len(lens) * len(ids):5d} {gap:16.4f}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -99,8 +103,9 @@ def main() -> None:
             subprocess.run([sys.executable, __file__, "--dump", out], env=env, check=True)
             runs[f"{capability}, {threads} thread(s)"] = np.load(out)
         noise = max(float(np.abs(a - b).max()) for a, b in itertools.combinations(runs.values(), 2))
-    print(f"largest logit difference between {len(runs)} kernel/thread settings on notebook 08's greedy path: "
-          f"{noise:.2e}")
+    print(
+        f"largest logit difference between {len(runs)} kernel/thread settings on notebook 08's greedy path: {noise:.2e}"
+    )
 
 
 if __name__ == "__main__":

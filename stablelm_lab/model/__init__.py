@@ -5,5 +5,4 @@ from .hooks import Tap
 from .layers import MLP, Attention, Block, Embedding, LayerNorm, Linear, Rotary
 from .model import StableLM
 
-__all__ = ["StableLM", "KVCache", "Tap", "Attention", "Block", "Embedding", "LayerNorm", "Linear", "MLP",
-           "Rotary"]
+__all__ = ["StableLM", "KVCache", "Tap", "Attention", "Block", "Embedding", "LayerNorm", "Linear", "MLP", "Rotary"]

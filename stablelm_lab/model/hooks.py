@@ -7,7 +7,7 @@ layer as in its eval-callback dump: ``blk.3.attn_norm``, ``blk.3.Qcur``, ..., ``
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -30,7 +30,7 @@ class Tap:
             self.store[name] = x
         return x
 
-    def layer(self, i: int) -> "Tap":
+    def layer(self, i: int) -> Tap:
         """The same tap, naming activations of block i as ``blk.{i}.name``."""
         return Tap(self.store, self.hooks, f"blk.{i}.")
 

@@ -19,8 +19,8 @@ from gguf import GGMLQuantizationType
 from torch import nn
 
 from .. import quants
-from ..config import StableLMConfig
 from .cache import KVCache
+from .config import StableLMConfig
 from .hooks import NO_TAP, Tap
 
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
@@ -34,14 +34,13 @@ def decode_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, dtype: torch.dty
     rows = raw.reshape(-1, raw.shape[-1])
     # torch's allocator, not numpy's huge pages: a whole model of fresh huge pages made the kernel stop to
     # compact memory (a 3B float32 load took 10-13 s instead of 7; tools/bench_3b.py)
-    out = torch.empty((rows.shape[0], rows.shape[1] // fmt.type_size * fmt.block_size), dtype=dtype,
-                      device=raw.device)
+    out = torch.empty((rows.shape[0], rows.shape[1] // fmt.type_size * fmt.block_size), dtype=dtype, device=raw.device)
     for start in range(0, rows.shape[0], LEAN_CHUNK_ROWS):
-        band = rows[start:start + LEAN_CHUNK_ROWS]
+        band = rows[start : start + LEAN_CHUNK_ROWS]
         if dtype == torch.float32:
-            fmt.dequantize_torch(band, out=out[start:start + LEAN_CHUNK_ROWS])
+            fmt.dequantize_torch(band, out=out[start : start + LEAN_CHUNK_ROWS])
         else:
-            out[start:start + LEAN_CHUNK_ROWS] = fmt.dequantize_torch(band, out=scratch(band, fmt))
+            out[start : start + LEAN_CHUNK_ROWS] = fmt.dequantize_torch(band, out=scratch(band, fmt))
     return out
 
 
@@ -66,15 +65,22 @@ class GGUFWeights(nn.Module):
 
     def __init__(self, weight_shape: tuple[int, ...], bias: bool):
         super().__init__()
-        self.weight_shape = weight_shape      # numpy order, as in the file
+        self.weight_shape = weight_shape  # numpy order, as in the file
         self.has_bias = bias
-        self.qtype = {}                       # "weight"/"bias" -> GGMLQuantizationType in the file
+        self.qtype = {}  # "weight"/"bias" -> GGMLQuantizationType in the file
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
-        self.register_buffer("raw", None)     # lean mode: the file's uint8 rows, decoded in forward
+        self.register_buffer("raw", None)  # lean mode: the file's uint8 rows, decoded in forward
 
-    def load(self, attr: str, raw: torch.Tensor, qtype: GGMLQuantizationType, dtype: torch.dtype,
-             device="cpu", lean: bool = False) -> None:
+    def load(
+        self,
+        attr: str,
+        raw: torch.Tensor,
+        qtype: GGMLQuantizationType,
+        dtype: torch.dtype,
+        device="cpu",
+        lean: bool = False,
+    ) -> None:
         """Take one tensor's raw bytes (uint8 rows, possibly a view into the file): keep a copy of them on
         ``device`` (lean) or decode them there to ``dtype``."""
         self.qtype[attr] = qtype
@@ -108,7 +114,7 @@ class Linear(GGUFWeights):
         fmt = quants.get(self.qtype["weight"])
         reuse = not (torch.is_grad_enabled() and x.requires_grad)
         for start in range(0, self.raw.shape[0], LEAN_CHUNK_ROWS):
-            band = self.raw[start:start + LEAN_CHUNK_ROWS]
+            band = self.raw[start : start + LEAN_CHUNK_ROWS]
             yield fmt.dequantize_torch(band, out=scratch(band, fmt) if reuse else None).to(x.dtype)
 
 
@@ -144,7 +150,7 @@ class LayerNorm(GGUFWeights):
         # a bfloat16 x (its accumulate type)
         if self.weight.dim() == 1:
             return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
-        return F.layer_norm(x, self.weight.shape[-1:], eps=self.eps) * self.weight   # per head
+        return F.layer_norm(x, self.weight.shape[-1:], eps=self.eps) * self.weight  # per head
 
 
 # ---- position: rotary embedding on part of each head --------------------------------------------
@@ -165,16 +171,16 @@ class Rotary(nn.Module):
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:  # x (B, T, n, hs), pos (T,)
         cos, sin = self.cos_sin(pos, x.dtype)
         half = self.n_rot // 2
-        x1, x2, rest = x[..., :half], x[..., half:self.n_rot], x[..., self.n_rot:]
+        x1, x2, rest = x[..., :half], x[..., half : self.n_rot], x[..., self.n_rot :]
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], dim=-1)
 
     def cos_sin(self, pos: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of every angle, (T, 1, n_rot/2): the same for every head. Computed once per
         positions tensor: the model shares one Rotary among its layers and hands all of them the same
         pos, so q and k of every layer reuse the first call's (a GPU then runs 2 kernels, not 256)."""
-        last_pos, last_dtype, cos, sin = self._last                  # one read: threads may share it
+        last_pos, last_dtype, cos, sin = self._last  # one read: threads may share it
         if last_pos is not pos or last_dtype != dtype:
-            angle = pos.float()[:, None] * self.inv_freq[None, :]     # (T, n_rot/2)
+            angle = pos.float()[:, None] * self.inv_freq[None, :]  # (T, n_rot/2)
             cos, sin = angle.cos()[:, None, :].to(dtype), angle.sin()[:, None, :].to(dtype)
             self._last = (pos, dtype, cos, sin)
         return cos, sin
@@ -197,32 +203,33 @@ class Attention(nn.Module):
             self.attn_k_norm = LayerNorm((nkv, hs), config.norm_eps, bias=False)
         self.rotary = rotary or Rotary(config.n_rot, config.rope_base)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None,
-                tap: Tap = NO_TAP) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None, tap: Tap = NO_TAP
+    ) -> torch.Tensor:
         B, T, C = x.shape
-        q = self.attn_q(x).view(B, T, self.n_head, self.head_dim)      # (B, T, nh, hs)
-        k = self.attn_k(x).view(B, T, self.n_head_kv, self.head_dim)   # (B, T, nkv, hs)
-        v = self.attn_v(x).view(B, T, self.n_head_kv, self.head_dim)   # (B, T, nkv, hs)
+        q = self.attn_q(x).view(B, T, self.n_head, self.head_dim)  # (B, T, nh, hs)
+        k = self.attn_k(x).view(B, T, self.n_head_kv, self.head_dim)  # (B, T, nkv, hs)
+        v = self.attn_v(x).view(B, T, self.n_head_kv, self.head_dim)  # (B, T, nkv, hs)
         if hasattr(self, "attn_q_norm"):
             q, k = self.attn_q_norm(q), self.attn_k_norm(k)
         q = tap("Qcur", self.rotary(q, pos))
         k = tap("Kcur", self.rotary(k, pos))
         v = tap("Vcur", v)
         if cache is not None:
-            k, v = cache.append(self.layer, k, v)                      # (B, S, nkv, hs)
+            k, v = cache.append(self.layer, k, v)  # (B, S, nkv, hs)
 
-        group = self.n_head // self.n_head_kv                          # query heads per KV head
+        group = self.n_head // self.n_head_kv  # query heads per KV head
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T or S, hs)
         if group > 1:
             k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, nh, S, hs)
 
-        kq = tap("kq", q @ k.transpose(-2, -1))                        # (B, nh, T, S)
+        kq = tap("kq", q @ k.transpose(-2, -1))  # (B, nh, T, S)
         scores = kq * (1.0 / math.sqrt(self.head_dim))
         if T > 1:  # one new token (T = 1) may look at every key: nothing to mask
             scores = scores.masked_fill(causal_mask(T, k.shape[2], x.device), float("-inf"))
         probs = tap("kq_soft_max", F.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype))
-        out = probs @ v                                                # (B, nh, T, hs)
-        out = tap("kqv_out", out.transpose(1, 2).reshape(B, T, -1))    # (B, T, nh*hs)
+        out = probs @ v  # (B, nh, T, hs)
+        out = tap("kqv_out", out.transpose(1, 2).reshape(B, T, -1))  # (B, T, nh*hs)
         return self.attn_output(out)
 
 
@@ -262,8 +269,9 @@ class Block(nn.Module):
             self.ffn_norm = LayerNorm((config.n_embd,), config.norm_eps)
         self.ffn = MLP(config)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None,
-                tap: Tap = NO_TAP) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, pos: torch.Tensor, cache: KVCache | None = None, tap: Tap = NO_TAP
+    ) -> torch.Tensor:
         h = tap("attn_norm", self.attn_norm(x))
         attn_out = tap("attn_out", self.attn(h, pos, cache, tap))
         ffn_inp = tap("ffn_inp", attn_out + x)

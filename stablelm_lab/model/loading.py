@@ -13,8 +13,10 @@ import warnings
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from ..gguf_file import GGUFError, GGUFFile, TensorInfo, quant_format
+from ..container.gguf_file import GGUFError, GGUFFile, TensorInfo, quant_format
+from .config import StableLMConfig
 from .layers import GGUFWeights
 from .model import gguf_name
 
@@ -23,12 +25,13 @@ PROGRESS_BAR_BYTES = 256 << 20  # show a progress bar for files larger than this
 
 def load_gguf(cls, path_or_file, dtype=torch.float32, device="cpu", lean=False, progress=None):
     g = path_or_file if isinstance(path_or_file, GGUFFile) else GGUFFile(path_or_file)
-    model = cls(g.config, dtype=dtype)
+    model = cls(StableLMConfig.from_gguf(g), dtype=dtype)
     slots = weight_slots(model)
     missing = sorted(set(slots) - set(g.tensor_info))
     if missing:
-        raise GGUFError(f"{g.path} lacks tensors a StableLM needs: {', '.join(missing[:5])}"
-                        + (" ..." if len(missing) > 5 else ""))
+        raise GGUFError(
+            f"{g.path} lacks tensors a StableLM needs: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        )
     names = [t.name for t in g.tensors if t.name in slots]  # extra tensors (rope_freqs...) are unused
     for name in _progress(names, g, progress):
         module, attr = slots[name]
@@ -42,8 +45,11 @@ def load_gguf(cls, path_or_file, dtype=torch.float32, device="cpu", lean=False, 
 def _check_tensor(g: GGUFFile, info: TensorInfo, shape: tuple[int, ...]) -> None:
     """The tensor has the shape the config asks for, in a type we can decode."""
     if info.shape != shape:
-        raise GGUFError(f"{g.path}: tensor {info.name} has shape {info.shape}, the config says {shape} "
-                        f"(data at byte {info.offset})", info.offset)
+        raise GGUFError(
+            f"{g.path}: tensor {info.name} has shape {info.shape}, the config says {shape} "
+            f"(data at byte {info.offset})",
+            info.offset,
+        )
     quant_format(info, g.path)  # a GGUFError for a type stablelm_lab cannot decode
 
 
@@ -71,8 +77,6 @@ def _progress(names, g, progress):
     show = total > PROGRESS_BAR_BYTES if progress is None else progress
     if not show:
         return names
-    from tqdm.auto import tqdm
-
     return _bytes_bar(names, g, tqdm(total=total, unit="B", unit_scale=True, desc="loading weights"))
 
 

@@ -1,10 +1,10 @@
 """StableLM: token embedding, a stack of blocks, a final LayerNorm and the output head.
 
-    model = StableLM.from_gguf("stablelm-3b-4e1t.Q4_K_M.gguf")          # any mix of tensor types
-    logits = model(ids)                                                 # (B, T, n_vocab)
-    logits, acts = model.run_with_cache(ids)                            # acts["blk.0.Qcur"], ...
-    logits = model.run_with_hooks(ids, {"blk.5.attn_out": lambda x: 0 * x})
-    model.weight_types["blk.0.ffn_down.weight"]                         # GGMLQuantizationType.Q6_K
+model = StableLM.from_gguf("stablelm-3b-4e1t.Q4_K_M.gguf")          # any mix of tensor types
+logits = model(ids)                                                 # (B, T, n_vocab)
+logits, acts = model.run_with_cache(ids)                            # acts["blk.0.Qcur"], ...
+logits = model.run_with_hooks(ids, {"blk.5.attn_out": lambda x: 0 * x})
+model.weight_types["blk.0.ffn_down.weight"]                         # GGMLQuantizationType.Q6_K
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import StableLMConfig
 from .cache import KVCache
+from .config import StableLMConfig
 from .hooks import NO_TAP, Hook, Tap
 from .layers import Block, Embedding, GGUFWeights, LayerNorm, Linear, Rotary
 
@@ -33,11 +33,11 @@ class StableLM(nn.Module):
         ids = self._as_batch(input_ids)
         start = len(cache) if cache is not None else 0
         pos = torch.arange(start, start + ids.shape[1], device=ids.device)  # (T,)
-        x = tap("inp_embd", self.token_embd(ids))                            # (B, T, C)
+        x = tap("inp_embd", self.token_embd(ids))  # (B, T, C)
         for i, block in enumerate(self.blk):
             x = block(x, pos, cache, tap.layer(i) if tap.active else NO_TAP)
         x = tap("result_norm", self.output_norm(x))
-        return tap("result_output", self.output(x))                          # (B, T, n_vocab)
+        return tap("result_output", self.output(x))  # (B, T, n_vocab)
 
     @torch.no_grad()
     def run_with_cache(self, input_ids, cache: KVCache | None = None) -> tuple[torch.Tensor, dict]:
@@ -56,8 +56,21 @@ class StableLM(nn.Module):
 
     def activation_names(self) -> list[str]:
         """Every name run_with_cache records, in the order the forward pass produces them."""
-        per_layer = ["attn_norm", "Qcur", "Kcur", "Vcur", "kq", "kq_soft_max", "kqv_out", "attn_out",
-                     "ffn_inp", "ffn_norm", "ffn_swiglu", "ffn_out", "l_out"]
+        per_layer = [
+            "attn_norm",
+            "Qcur",
+            "Kcur",
+            "Vcur",
+            "kq",
+            "kq_soft_max",
+            "kqv_out",
+            "attn_out",
+            "ffn_inp",
+            "ffn_norm",
+            "ffn_swiglu",
+            "ffn_out",
+            "l_out",
+        ]
         if self.config.parallel_residual:
             per_layer.remove("ffn_norm")
         names = ["inp_embd"] + [f"blk.{i}.{n}" for i in range(self.config.n_layer) for n in per_layer]
@@ -69,9 +82,12 @@ class StableLM(nn.Module):
     @property
     def weight_types(self) -> dict:
         """The ggml type each tensor had in the file, by its GGUF name."""
-        return {f"{gguf_name(path)}.{attr}": qtype
-                for path, module in self.named_modules() if isinstance(module, GGUFWeights)
-                for attr, qtype in module.qtype.items()}
+        return {
+            f"{gguf_name(path)}.{attr}": qtype
+            for path, module in self.named_modules()
+            if isinstance(module, GGUFWeights)
+            for attr, qtype in module.qtype.items()
+        }
 
     @property
     def device(self) -> torch.device:
@@ -82,8 +98,14 @@ class StableLM(nn.Module):
         return ids[None] if ids.dim() == 1 else ids
 
     @classmethod
-    def from_gguf(cls, path_or_file, dtype: torch.dtype = torch.float32, device="cpu", lean: bool = False,
-                  progress: bool | None = None) -> "StableLM":
+    def from_gguf(
+        cls,
+        path_or_file,
+        dtype: torch.dtype = torch.float32,
+        device="cpu",
+        lean: bool = False,
+        progress: bool | None = None,
+    ) -> StableLM:
         """Build the model from a GGUF file; ``lean`` keeps quantized matrices as bytes (see loading.py)."""
         from .loading import load_gguf
 

@@ -1,12 +1,12 @@
 """Every ggml tensor type a GGUF file can hold, as readable and fast code.
 
-    fmt = quants.get("Q4_K")        # or gguf.GGMLQuantizationType.Q4_K, or its id 12
-    fmt.block_dtype                 # one named field per C struct field, in ggml-common.h order
-    fmt.dequantize(raw)             # uint8 [..., n*type_size] -> float32 [..., n*block_size]
-    fmt.dequantize_reference(raw)   # the same, one readable block at a time
-    fmt.dequantize_torch(tensor)    # the same in torch, on the tensor's device
-    fmt.quantize(x)                 # llama.cpp's reference quantizer: float32 -> bytes
-    fmt.quantize(x, imatrix=v)      # the same weighted by an importance matrix (see weighted.py)
+fmt = quants.get("Q4_K")        # or gguf.GGMLQuantizationType.Q4_K, or its id 12
+fmt.block_dtype                 # one named field per C struct field, in ggml-common.h order
+fmt.dequantize(raw)             # uint8 [..., n*type_size] -> float32 [..., n*block_size]
+fmt.dequantize_reference(raw)   # the same, one readable block at a time
+fmt.dequantize_torch(tensor)    # the same in torch, on the tensor's device
+fmt.quantize(x)                 # llama.cpp's reference quantizer: float32 -> bytes
+fmt.quantize(x, imatrix=v)      # the same weighted by an importance matrix (see weighted.py)
 """
 
 from __future__ import annotations
@@ -19,10 +19,17 @@ from .base import QuantFormat
 _MODULES = [floats, legacy, q2_k, q3_k, q4_k, q5_k, q6_k, iquants, iq4, ternary, mxfp4]
 
 #: Every supported type, in ggml's type-id order, keyed by gguf.GGMLQuantizationType.
-FORMATS: dict[GGMLQuantizationType, QuantFormat] = dict(sorted(
-    ((cls.qtype, cls()) for module in _MODULES for cls in vars(module).values()
-     if isinstance(cls, type) and issubclass(cls, QuantFormat) and "qtype" in vars(cls)),
-    key=lambda item: item[0].value))
+FORMATS: dict[GGMLQuantizationType, QuantFormat] = dict(
+    sorted(
+        (
+            (cls.qtype, cls())
+            for module in _MODULES
+            for cls in vars(module).values()
+            if isinstance(cls, type) and issubclass(cls, QuantFormat) and "qtype" in vars(cls)
+        ),
+        key=lambda item: item[0].value,
+    )
+)
 
 
 def get(name_or_type) -> QuantFormat:

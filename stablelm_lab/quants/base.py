@@ -56,8 +56,9 @@ class QuantFormat:
     def __init__(self) -> None:
         self.block_size, self.type_size = GGML_QUANT_SIZES[self.qtype]
         if self.block_dtype.itemsize != self.type_size:
-            raise AssertionError(f"{self.name}: block_dtype is {self.block_dtype.itemsize} bytes, "
-                                 f"ggml says {self.type_size}")
+            raise AssertionError(
+                f"{self.name}: block_dtype is {self.block_dtype.itemsize} bytes, ggml says {self.type_size}"
+            )
 
     @property
     def name(self) -> str:
@@ -68,8 +69,10 @@ class QuantFormat:
         return 8 * self.type_size / self.block_size
 
     def __repr__(self) -> str:
-        return (f"<{self.name}: {self.block_size} weights in {self.type_size} bytes, "
-                f"{self.bits_per_weight:g} bits per weight>")
+        return (
+            f"<{self.name}: {self.block_size} weights in {self.type_size} bytes, "
+            f"{self.bits_per_weight:g} bits per weight>"
+        )
 
     # ---- what a format implements ------------------------------------------------------------
     def dequantize_block(self, block: np.void) -> np.ndarray:
@@ -113,7 +116,7 @@ class QuantFormat:
         def decode(start: int, stop: int) -> None:
             with np.errstate(all="ignore"):  # inf/NaN scales decode to inf/NaN, as in ggml
                 for i in range(start, stop, step):
-                    self.dequantize_blocks(blocks[i:min(i + step, stop)], out[i:min(i + step, stop)])
+                    self.dequantize_blocks(blocks[i : min(i + step, stop)], out[i : min(i + step, stop)])
 
         in_threads(decode, len(blocks), step)
         return out.reshape(self._weights_shape(raw.shape))
@@ -142,17 +145,18 @@ class QuantFormat:
         weights = out.view(-1, self.block_size)
         step = len(blocks) if raw.device.type != "cpu" else max(1, CHUNK_WEIGHTS_TORCH_CPU // self.block_size)
         for start in range(0, len(blocks), step):
-            self.dequantize_blocks_torch(blocks[start:start + step], weights[start:start + step])
+            self.dequantize_blocks_torch(blocks[start : start + step], weights[start : start + step])
         return out
 
     def _check_torch_out(self, out, shape: tuple, device) -> None:
         import torch
 
-        if (tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != device
-                or not out.is_contiguous()):
-            raise ValueError(f"{self.name}: out must be a contiguous float32 tensor of shape {shape} on "
-                             f"{device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
-                             f"{'' if out.is_contiguous() else ', not contiguous'}")
+        if tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != device or not out.is_contiguous():
+            raise ValueError(
+                f"{self.name}: out must be a contiguous float32 tensor of shape {shape} on "
+                f"{device}; got {out.dtype} {tuple(out.shape)} on {out.device}"
+                f"{'' if out.is_contiguous() else ', not contiguous'}"
+            )
 
     def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """Encode with an importance matrix: float32 rows (m, n_per_row) and importance (n_per_row,)
@@ -173,8 +177,9 @@ class QuantFormat:
             raise NotImplementedError(f"{self.name} has no reference quantizer in ggml")
         x = np.asarray(x)
         if x.ndim == 0 or x.shape[-1] % self.block_size != 0:
-            raise ValueError(f"{self.name} quantizes rows whose length is a multiple of {self.block_size}; "
-                             f"got shape {x.shape}")
+            raise ValueError(
+                f"{self.name} quantizes rows whose length is a multiple of {self.block_size}; got shape {x.shape}"
+            )
         x = np.ascontiguousarray(x, dtype=np.float32)
         if imatrix is not None:
             imatrix = check_importance(imatrix, x.shape[-1], self.name)
@@ -207,8 +212,9 @@ class QuantFormat:
 
     def _check_row_bytes(self, shape: tuple) -> None:
         if len(shape) == 0 or shape[-1] % self.type_size != 0:
-            raise ValueError(f"{self.name} rows must be a whole number of {self.type_size}-byte blocks; "
-                             f"got shape {shape}")
+            raise ValueError(
+                f"{self.name} rows must be a whole number of {self.type_size}-byte blocks; got shape {shape}"
+            )
 
     def _as_blocks(self, raw: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(raw).reshape(-1, self.type_size).view(self.block_dtype).reshape(-1)
@@ -224,6 +230,7 @@ class QuantFormat:
     def torch_weights_for(self, blocks, out):
         """``out``, or a new float32 tensor (n, block_size) on the device of the blocks."""
         import torch
+
         if out is None:
             out = torch.empty((blocks.shape[0], self.block_size), dtype=torch.float32, device=blocks.device)
         return out
@@ -247,9 +254,9 @@ class QuantFormat:
         import torch
 
         sub, offset = self.block_dtype.fields[name][:2]
-        base, shape = (sub.subdtype or (sub, ()))
+        base, shape = sub.subdtype or (sub, ())
         count = int(np.prod(shape)) if shape else 1
-        data = blocks[:, offset:offset + count * base.itemsize]
+        data = blocks[:, offset : offset + count * base.itemsize]
         if base.itemsize > 1:
             aligned = data.storage_offset() % base.itemsize == 0 and data.stride(0) % base.itemsize == 0
             # a typed view in place where the bytes allow it: a copy of rows of 2 bytes costs more
@@ -263,13 +270,17 @@ def check_importance(importance, n_per_row: int, name: str) -> np.ndarray:
     """The importance vector as float32 (n_per_row,), or one clear error."""
     importance = np.asarray(importance)
     if importance.shape != (n_per_row,):
-        raise ValueError(f"{name}: the importance vector must have one value per column of the rows, "
-                         f"shape ({n_per_row},); got shape {importance.shape}")
+        raise ValueError(
+            f"{name}: the importance vector must have one value per column of the rows, "
+            f"shape ({n_per_row},); got shape {importance.shape}"
+        )
     importance = importance.astype(np.float32)
     if not np.isfinite(importance).all():
         bad = int(np.flatnonzero(~np.isfinite(importance))[0])
-        raise ValueError(f"{name}: the importance vector holds a non-finite value at column {bad} "
-                         f"({importance[bad]}); llama.cpp refuses such an imatrix too")
+        raise ValueError(
+            f"{name}: the importance vector holds a non-finite value at column {bad} "
+            f"({importance[bad]}); llama.cpp refuses such an imatrix too"
+        )
     return importance
 
 
@@ -282,7 +293,7 @@ def scale_levels(out, levels, scale, minus=None, plus=None):
     out (n, k·run) float32. numpy arrays or torch tensors alike. (numpy's np.repeat would make the
     scales per weight a little faster, but it holds the GIL, and the numpy decoder runs in threads.)
     """
-    shaped = out.reshape(levels.shape)                                   # a view: out is contiguous
+    shaped = out.reshape(levels.shape)  # a view: out is contiguous
     shaped[...] = levels
     shaped *= scale[..., None]
     if minus is not None:
@@ -304,7 +315,7 @@ def in_threads(work, n: int, step: int) -> None:
     if parts == 1:
         work(0, n)
         return
-    key = (os.getpid(), parts - 1)          # a forked child has none of its parent's pool threads
+    key = (os.getpid(), parts - 1)  # a forked child has none of its parent's pool threads
     pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(parts - 1))
     futures = [pool.submit(work, cuts[i], cuts[i + 1]) for i in range(1, parts)]
     work(cuts[0], cuts[1])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 
-
 # ---- nibbles: two 4-bit values per byte ---------------------------------------------------------
 LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 
@@ -44,7 +43,7 @@ def bit_fields(packed: np.ndarray, shifts, mask: int, place: int = 0) -> np.ndar
     fields = (words >> np.asarray(shifts, dtype=np.uint32)[:, None]) & np.uint32(mask * 0x01010101)
     if place:
         fields <<= np.uint32(place)
-    rows = fields.view(np.dtype((np.void, m))).reshape(len(shifts), n)    # one m-byte row per item
+    rows = fields.view(np.dtype((np.void, m))).reshape(len(shifts), n)  # one m-byte row per item
     return np.ascontiguousarray(rows.T).view(np.uint8).reshape(n, len(shifts), m)
 
 
@@ -56,7 +55,7 @@ def interleave_runs(parts, run: int) -> np.ndarray:
     """
     n, k = parts[0].shape[0], parts[0].shape[1] // run
     out = np.empty((n, k, len(parts), run), dtype=np.uint8)
-    runs = out.view(f"V{run}")[..., 0]                                     # (n, k, p)
+    runs = out.view(f"V{run}")[..., 0]  # (n, k, p)
     for j, part in enumerate(parts):
         runs[:, :, j] = np.ascontiguousarray(part).view(f"V{run}").reshape(n, k)
     return out
@@ -67,8 +66,7 @@ def byte_runs(rows: np.ndarray, start: int, size: int) -> np.ndarray:
     """A view of bytes start..start+size-1 of every row of a C-contiguous uint8 array (..., L), as opaque
     items (numpy voids of that size), shape (...). Copying such items moves each run with one memcpy,
     where numpy would otherwise loop over the bytes of every row with a per-row overhead."""
-    return np.ndarray(rows.shape[:-1], dtype=f"V{size}", buffer=rows, offset=start,
-                      strides=rows.strides[:-1])
+    return np.ndarray(rows.shape[:-1], dtype=f"V{size}", buffer=rows, offset=start, strides=rows.strides[:-1])
 
 
 # ---- lookup tables ------------------------------------------------------------------------------
@@ -94,6 +92,7 @@ def torch_bit_fields(packed, shifts, mask: int, place: int = 0):
     permuting copy of all planes runs four to a hundred times slower.)
     """
     import torch
+
     packed = packed.contiguous()
     planes = torch.empty((len(shifts), *packed.shape), dtype=torch.uint8, device=packed.device)
     for plane, shift in zip(planes, shifts):
@@ -101,8 +100,7 @@ def torch_bit_fields(packed, shifts, mask: int, place: int = 0):
     planes &= mask
     if place:
         planes <<= place
-    out = torch.empty((*packed.shape[:-1], len(shifts), packed.shape[-1]), dtype=torch.uint8,
-                      device=packed.device)
+    out = torch.empty((*packed.shape[:-1], len(shifts), packed.shape[-1]), dtype=torch.uint8, device=packed.device)
     for i, plane in enumerate(planes):
         out[..., i, :].copy_(plane)
     return out

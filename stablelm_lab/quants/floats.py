@@ -32,6 +32,7 @@ class F32(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float32))
 
     def quantize_blocks(self, x):
@@ -53,11 +54,12 @@ class F16(QuantFormat):
 
     def dequantize_blocks(self, blocks, out=None):
         out = self.weights_for(blocks, out)
-        out[:, 0] = blocks["value"]                                  # exact widening
+        out[:, 0] = blocks["value"]  # exact widening
         return out
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float16))
 
     def quantize_blocks(self, x):
@@ -86,6 +88,7 @@ class BF16(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.bfloat16))
 
     def quantize_blocks(self, x):

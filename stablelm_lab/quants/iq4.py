@@ -27,8 +27,7 @@ from .rounding import nearest_int
 from .weighted import importance_weights, sum_of_squares
 
 #: ggml-common.h's kvalues_iq4nl, indexed by the nibble.
-KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113],
-                         dtype=np.int8)
+KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.int8)
 _VALUES = KVALUES_IQ4NL.astype(np.float32)
 #: Weights the quantizer's scale searches handle per step (their temporaries are a few times this).
 SEARCH_CHUNK_WEIGHTS = 1 << 16
@@ -76,8 +75,9 @@ class IQ4_NL(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks, out=None):
         d = self.torch_field(blocks, "d").float()
-        return torch_decode_nibble_pairs(self.torch_field(blocks, "qs"), d, NIBBLE_VALUES,
-                                         self.torch_weights_for(blocks, out))
+        return torch_decode_nibble_pairs(
+            self.torch_field(blocks, "qs"), d, NIBBLE_VALUES, self.torch_weights_for(blocks, out)
+        )
 
     def quantize_rows_weighted(self, rows, importance):
         """quantize_iq4_nl with quant_weights: the same search, weighted by iq4_weights (always 7 tries)."""
@@ -92,7 +92,8 @@ class IQ4_NL(QuantFormat):
         for start in range(0, len(x), SEARCH_CHUNK_WEIGHTS // 32):
             chunk = slice(start, start + SEARCH_CHUNK_WEIGHTS // 32)
             d[chunk], nibbles[chunk], skipped[chunk] = _sub_block_scales(
-                x[chunk], self.ntry, None if weights is None else weights[chunk])
+                x[chunk], self.ntry, None if weights is None else weights[chunk]
+            )
             if self.ntry > 0:
                 nibbles[chunk] = best_index_int8(inverse(d[chunk])[:, None] * x[chunk])
         if self.ntry <= 0:
@@ -128,7 +129,7 @@ class IQ4_XS(QuantFormat):
         for ib in range(8):
             ls = ((int(scales_l[ib // 2]) >> 4 * (ib % 2)) & 0xF) | (((scales_h >> 2 * ib) & 3) << 4)
             dl = d * np.float32(ls - 32)
-            qs = block["qs"][16 * ib:16 * ib + 16]
+            qs = block["qs"][16 * ib : 16 * ib + 16]
             for j in range(16):
                 y[32 * ib + j] = dl * _VALUES[qs[j] & 0x0F]
                 y[32 * ib + j + 16] = dl * _VALUES[qs[j] >> 4]
@@ -137,20 +138,25 @@ class IQ4_XS(QuantFormat):
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         ls = _six_bit_scales(blocks["scales_l"], blocks["scales_h"])
-        dl = blocks["d"].astype(np.float32)[:, None] * _SCALE_MINUS_32[ls]            # (n, 8)
-        return decode_nibble_pairs(self.field_bytes(blocks, "qs").reshape(n * 8, 16), dl.reshape(n * 8),
-                                   NIBBLE_VALUES, self.weights_for(blocks, out))
+        dl = blocks["d"].astype(np.float32)[:, None] * _SCALE_MINUS_32[ls]  # (n, 8)
+        return decode_nibble_pairs(
+            self.field_bytes(blocks, "qs").reshape(n * 8, 16),
+            dl.reshape(n * 8),
+            NIBBLE_VALUES,
+            self.weights_for(blocks, out),
+        )
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = blocks.shape[0]
         scales_l = self.torch_field(blocks, "scales_l")
         scales_h = self.torch_field(blocks, "scales_h").to(torch.int32)
         low = torch.stack([scales_l & 0x0F, scales_l >> 4], dim=-1).reshape(n, 8).to(torch.int32)
         shifts = torch.arange(0, 16, 2, device=blocks.device, dtype=torch.int32)
         ls = low | (((scales_h[:, None] >> shifts) & 3) << 4)
-        dl = self.torch_field(blocks, "d").float()[:, None] * (ls - 32)                  # (n, 8)
-        qs = self.torch_field(blocks, "qs").unflatten(1, (8, 16))                      # (n, 8, 16)
+        dl = self.torch_field(blocks, "d").float()[:, None] * (ls - 32)  # (n, 8)
+        qs = self.torch_field(blocks, "qs").unflatten(1, (8, 16))  # (n, 8, 16)
         return torch_decode_nibble_pairs(qs, dl, NIBBLE_VALUES, self.torch_weights_for(blocks, out))
 
     def quantize_blocks(self, x):
@@ -176,7 +182,8 @@ class IQ4_XS(QuantFormat):
         out["d"] = d
         out["scales_l"] = (ls[:, 0::2] & 0x0F) | ((ls[:, 1::2] & 0x0F) << 4)
         out["scales_h"] = ((ls.astype(np.uint16) >> 4) << np.arange(0, 16, 2, dtype=np.uint16)).sum(
-            axis=1, dtype=np.uint16)
+            axis=1, dtype=np.uint16
+        )
         out["qs"] = join_nibbles(nibbles).reshape(n, 128)
         return out
 
@@ -204,8 +211,8 @@ def decode_nibble_pairs(qs: np.ndarray, d: np.ndarray, values: np.ndarray, out: 
     """(m, 16) bytes of nibble pairs and (m,) float32 scales -> (m, 32) weights d · value into out, the
     low nibbles first (weights 0..15) and the high nibbles after (16..31); values is a (256, 2) table
     per byte."""
-    pairs = lookup_rows(values, qs)                                         # (m, 16, low/high)
-    pairs *= d[:, None, None]                                               # d·value, in cache
+    pairs = lookup_rows(values, qs)  # (m, 16, low/high)
+    pairs *= d[:, None, None]  # d·value, in cache
     out.reshape(-1, 2, 16)[...] = pairs.transpose(0, 2, 1)
     return out
 
@@ -217,10 +224,11 @@ def torch_decode_nibble_pairs(qs, d, values: np.ndarray, out):
     indexing a (256, 2) float table.
     """
     import torch
+
     table = torch.from_numpy(values).view(torch.int64).reshape(256).to(qs.device)
     pairs = torch.index_select(table, 0, qs.reshape(-1).int()).view(torch.float32)
-    pairs = pairs.view(*qs.shape, 2)                                           # (..., 16, low/high)
-    pairs *= d[..., None, None]                                                # d·value, in cache
+    pairs = pairs.view(*qs.shape, 2)  # (..., 16, low/high)
+    pairs *= d[..., None, None]  # d·value, in cache
     out.view(*qs.shape[:-1], 2, 16).copy_(pairs.transpose(-1, -2))
     return out
 
@@ -258,7 +266,7 @@ def _sub_block_scales(x: np.ndarray, ntry: int, weights: np.ndarray | None = Non
     """
     amax_signed = signed_absmax(x, axis=1)
     skipped = np.abs(amax_signed) < GROUP_MAX_EPS
-    xt = np.ascontiguousarray(x.T)                                          # (32, m)
+    xt = np.ascontiguousarray(x.T)  # (32, m)
     weight = xt * xt if weights is None else np.ascontiguousarray(weights.T)
     values0 = _VALUES[0]
     d = -amax_signed / values0 if ntry > 0 else amax_signed / values0

@@ -97,14 +97,19 @@ _IQ1_SHIFTED = np.concatenate([_IQ1S + iq_grids.IQ1S_DELTA, _IQ1S - iq_grids.IQ1
 #: IQ1_S: bits 8-11 of the four groups' rows in _IQ1_SHIFTED, for every 13-bit key (qh's index bits
 #: 0-11, delta bit 15 moved to bit 12): ((qh >> 3l) & 7) << 8 | delta sign << 11, as one uint64 of 4
 _IQ1S_KEYS = np.arange(1 << 13)[:, None]
-_IQ1S_HIGH_BITS = ((((_IQ1S_KEYS & 0xFFF) >> np.array([0, 3, 6, 9])) & 7) << 8
-                   | (_IQ1S_KEYS >> 12) << 11).astype(np.uint16).view(np.uint64).reshape(-1)
+_IQ1S_HIGH_BITS = (
+    ((((_IQ1S_KEYS & 0xFFF) >> np.array([0, 3, 6, 9])) & 7) << 8 | (_IQ1S_KEYS >> 12) << 11)
+    .astype(np.uint16)
+    .view(np.uint64)
+    .reshape(-1)
+)
 #: IQ1_M: a qh byte's two nibbles shifted to bits 8-11 (grid index bits 8-10, delta sign → bit 11),
 #: as one uint32 of two uint16
-_IQ1M_HIGH_BITS = ((((np.arange(256)[:, None] >> np.array([0, 4])) & 0xF) << 8)
-                   .astype(np.uint16).view(np.uint32).reshape(-1))
+_IQ1M_HIGH_BITS = (
+    (((np.arange(256)[:, None] >> np.array([0, 4])) & 0xF) << 8).astype(np.uint16).view(np.uint32).reshape(-1)
+)
 #: (0.5 + s) for the 4-bit scales of IQ2 and IQ3_XXS, (2s + 1) for IQ3_S's 4 bits and IQ1's 3 bits
-_HALF_PLUS = (np.float32(0.5) + np.arange(16, dtype=np.float32))
+_HALF_PLUS = np.float32(0.5) + np.arange(16, dtype=np.float32)
 _ODD = (2 * np.arange(16) + 1).astype(np.float32)
 
 
@@ -117,7 +122,7 @@ def _signs(byte: int, count: int = 8) -> np.ndarray:
 def _scaled(table: np.ndarray, index: np.ndarray, scale: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = scale · table[index]: index (n, g, k) into rows of ``width`` values, scale (n, g) float32,
     out (n, g·k·width). One lookup per group, one product written straight into out."""
-    values = lookup_rows(table, index.astype(np.intp))                  # (n, g, k, width)
+    values = lookup_rows(table, index.astype(np.intp))  # (n, g, k, width)
     np.multiply(values, scale[:, :, None, None], out=out.reshape(values.shape))
     return out
 
@@ -125,6 +130,7 @@ def _scaled(table: np.ndarray, index: np.ndarray, scale: np.ndarray, out: np.nda
 def _torch_scaled(table: np.ndarray, index, scale, out):
     """_scaled in torch: index (n, g, k) int tensor, scale (n, g) float32."""
     import torch
+
     table_t = _torch_table(table, index.device)
     values = torch.index_select(table_t, 0, index.reshape(-1).long()).view(*index.shape, table.shape[1])
     torch.mul(values, scale[:, :, None, None], out=out.view(values.shape))
@@ -137,6 +143,7 @@ _torch_tables: dict = {}
 def _torch_table(table: np.ndarray, device):
     """A decode table as a tensor on ``device``, made once per table and device."""
     import torch
+
     key = (id(table), str(device))
     if key not in _torch_tables:
         _torch_tables[key] = torch.from_numpy(table).to(device)
@@ -146,12 +153,14 @@ def _torch_table(table: np.ndarray, device):
 def _torch_bytes(blocks, start: int, stop: int):
     """Bytes start..stop-1 of every block (a uint8 tensor (n, type_size)) as int32, (n, stop - start)."""
     import torch
+
     return blocks[:, start:stop].to(torch.int32)
 
 
 def _torch_words(b):
     """(..., 4k) int32 bytes -> (..., k) little-endian words as int64 (no sign trouble at bit 31)."""
     import torch
+
     b = b.to(torch.int64).unflatten(-1, (-1, 4))
     return b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
 
@@ -175,7 +184,7 @@ class IQ2_XXS(QuantFormat):
 
     def dequantize_block(self, block):
         d = np.float32(block["d"])
-        aux = block["qs"].astype("<u2").view("<u4")                     # 16 words: (aux0, aux1) × 8
+        aux = block["qs"].astype("<u2").view("<u4")  # 16 words: (aux0, aux1) × 8
         y = np.empty(256, dtype=np.float32)
         for ib32 in range(8):
             aux0, aux1 = int(aux[2 * ib32]), int(aux[2 * ib32 + 1])
@@ -183,25 +192,25 @@ class IQ2_XXS(QuantFormat):
             for l in range(4):
                 grid = _IQ2XXS[(aux0 >> 8 * l) & 0xFF]
                 signs = _signs(_KSIGNS[(aux1 >> 7 * l) & 127])
-                y[32 * ib32 + 8 * l:32 * ib32 + 8 * l + 8] = db * grid * signs
+                y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db * grid * signs
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        qs = self.field_bytes(blocks, "qs").reshape(n, 8, 8)              # per 32 weights: aux0, aux1
-        aux1 = np.ascontiguousarray(qs[:, :, 4:]).view("<u4")[..., 0]     # (n, 8)
+        qs = self.field_bytes(blocks, "qs").reshape(n, 8, 8)  # per 32 weights: aux0, aux1
+        aux1 = np.ascontiguousarray(qs[:, :, 4:]).view("<u4")[..., 0]  # (n, 8)
         signs = (aux1[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 127
-        index = (signs.astype(np.uint16) << 8) | qs[:, :, :4]             # (n, 8, 4)
+        index = (signs.astype(np.uint16) << 8) | qs[:, :, :4]  # (n, 8, 4)
         d = blocks["d"].astype(np.float32)[:, None]
-        db = d * _HALF_PLUS[aux1 >> 28] * np.float32(0.25)                # (n, 8)
+        db = d * _HALF_PLUS[aux1 >> 28] * np.float32(0.25)  # (n, 8)
         return _scaled(_IQ2XXS_SIGNED, index, db, self.weights_for(blocks, out))
 
     def dequantize_blocks_torch(self, blocks, out=None):
         n = blocks.shape[0]
         qs = _torch_bytes(blocks, 2, 66).view(n, 8, 8)
-        aux1 = _torch_words(qs[:, :, 4:])[..., 0]                         # (n, 8)
+        aux1 = _torch_words(qs[:, :, 4:])[..., 0]  # (n, 8)
         shifts = [0, 7, 14, 21]
-        signs = ((aux1[:, :, None] >> aux1.new_tensor(shifts)) & 127)
+        signs = (aux1[:, :, None] >> aux1.new_tensor(shifts)) & 127
         index = (signs << 8) | qs[:, :, :4]
         d = self.torch_field(blocks, "d").float()[:, None]
         s = (aux1 >> 28).float()
@@ -229,12 +238,14 @@ class IQ2_XS(QuantFormat):
         y = np.empty(256, dtype=np.float32)
         for ib32 in range(8):
             scale = int(block["scales"][ib32])
-            db = [d * np.float32(0.5 + (scale & 0xF)) * np.float32(0.25),
-                  d * np.float32(0.5 + (scale >> 4)) * np.float32(0.25)]
+            db = [
+                d * np.float32(0.5 + (scale & 0xF)) * np.float32(0.25),
+                d * np.float32(0.5 + (scale >> 4)) * np.float32(0.25),
+            ]
             for l in range(4):
                 q = int(block["qs"][4 * ib32 + l])
                 grid, signs = _IQ2XS[q & 511], _signs(_KSIGNS[q >> 9])
-                y[32 * ib32 + 8 * l:32 * ib32 + 8 * l + 8] = db[l // 2] * grid * signs
+                y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db[l // 2] * grid * signs
         return y
 
     def dequantize_blocks(self, blocks, out=None):
@@ -246,8 +257,7 @@ class IQ2_XS(QuantFormat):
         n = blocks.shape[0]
         b = _torch_bytes(blocks, 2, 66).view(n, 32, 2)
         index = (b[..., 0] | (b[..., 1] << 8)).view(n, 16, 2)
-        return _torch_scaled(_IQ2XS_SIGNED, index, _torch_iq2_scales(self, blocks),
-                             self.torch_weights_for(blocks, out))
+        return _torch_scaled(_IQ2XS_SIGNED, index, _torch_iq2_scales(self, blocks), self.torch_weights_for(blocks, out))
 
 
 class IQ2_S(QuantFormat):
@@ -272,28 +282,30 @@ class IQ2_S(QuantFormat):
         y = np.empty(256, dtype=np.float32)
         for ib32 in range(8):
             scale = int(block["scales"][ib32])
-            db = [d * np.float32(0.5 + (scale & 0xF)) * np.float32(0.25),
-                  d * np.float32(0.5 + (scale >> 4)) * np.float32(0.25)]
+            db = [
+                d * np.float32(0.5 + (scale & 0xF)) * np.float32(0.25),
+                d * np.float32(0.5 + (scale >> 4)) * np.float32(0.25),
+            ]
             for l in range(4):
                 index = int(qs[4 * ib32 + l]) | ((int(qh[ib32]) >> 2 * l) & 3) << 8
                 grid = _IQ2S[index]
-                y[32 * ib32 + 8 * l:32 * ib32 + 8 * l + 8] = db[l // 2] * grid * _signs(signs[4 * ib32 + l])
+                y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db[l // 2] * grid * _signs(signs[4 * ib32 + l])
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         qs = self.field_bytes(blocks, "qs")
         high = (self.field_bytes(blocks, "qh")[:, :, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3
-        index = (qs[:, :32].astype(np.uint16) | (high.reshape(n, 32).astype(np.uint16) << 8))
-        points = lookup_rows(_IQ2S, index.astype(np.intp))               # (n, 32, 8)
-        points *= lookup_rows(_SIGN_PATTERNS, qs[:, 32:])                 # the sign bits, exact
+        index = qs[:, :32].astype(np.uint16) | (high.reshape(n, 32).astype(np.uint16) << 8)
+        points = lookup_rows(_IQ2S, index.astype(np.intp))  # (n, 32, 8)
+        points *= lookup_rows(_SIGN_PATTERNS, qs[:, 32:])  # the sign bits, exact
         out = self.weights_for(blocks, out)
-        np.multiply(points.reshape(n, 16, 2, 8), _iq2_scales(blocks)[:, :, None, None],
-                    out=out.reshape(n, 16, 2, 8))
+        np.multiply(points.reshape(n, 16, 2, 8), _iq2_scales(blocks)[:, :, None, None], out=out.reshape(n, 16, 2, 8))
         return out
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = blocks.shape[0]
         qs = _torch_bytes(blocks, 2, 66)
         qh = _torch_bytes(blocks, 66, 74)
@@ -315,6 +327,7 @@ def _iq2_scales(blocks) -> np.ndarray:
 
 def _torch_iq2_scales(fmt, blocks):
     import torch
+
     scales = fmt.torch_field(blocks, "scales").to(torch.int32)
     s = torch.stack([scales & 0xF, scales >> 4], dim=-1).reshape(blocks.shape[0], 16).float()
     return fmt.torch_field(blocks, "d").float()[:, None] * (0.5 + s) * 0.25
@@ -348,14 +361,14 @@ class IQ3_XXS(QuantFormat):
             for l in range(4):
                 signs = _signs(_KSIGNS[(aux >> 7 * l) & 127])
                 grid = np.concatenate([_IQ3XXS[qs[8 * ib32 + 2 * l]], _IQ3XXS[qs[8 * ib32 + 2 * l + 1]]])
-                y[32 * ib32 + 8 * l:32 * ib32 + 8 * l + 8] = db * grid * signs
+                y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db * grid * signs
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         qs = self.field_bytes(blocks, "qs")
-        aux = np.ascontiguousarray(qs[:, 64:]).view("<u4")                  # (n, 8)
-        sign_index = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 127        # (n, 8, 4)
+        aux = np.ascontiguousarray(qs[:, 64:]).view("<u4")  # (n, 8)
+        sign_index = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 127  # (n, 8, 4)
         high = np.take(_KSIGN_NIBBLES_HIGH, sign_index).view(np.uint16).reshape(n, 8, 8)
         index = high | qs[:, :64].reshape(n, 8, 8)
         db = blocks["d"].astype(np.float32)[:, None] * _HALF_PLUS[aux >> 28] * np.float32(0.5)
@@ -363,12 +376,14 @@ class IQ3_XXS(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = blocks.shape[0]
         qs = _torch_bytes(blocks, 2, 98)
-        aux = _torch_words(qs[:, 64:])                                      # (n, 8)
-        sign_index = torch.stack([(aux >> s) & 127 for s in (0, 7, 14, 21)], dim=-1)   # (n, 8, 4)
-        high = torch.index_select(_torch_table(_KSIGN_NIBBLES_HIGH_INT32, blocks.device), 0,
-                                  sign_index.reshape(-1)).view(n, 8, 8)
+        aux = _torch_words(qs[:, 64:])  # (n, 8)
+        sign_index = torch.stack([(aux >> s) & 127 for s in (0, 7, 14, 21)], dim=-1)  # (n, 8, 4)
+        high = torch.index_select(
+            _torch_table(_KSIGN_NIBBLES_HIGH_INT32, blocks.device), 0, sign_index.reshape(-1)
+        ).view(n, 8, 8)
         index = high | qs[:, :64].reshape(n, 8, 8)
         db = self.torch_field(blocks, "d").float()[:, None] * (0.5 + (aux >> 28).float()) * 0.5
         return _torch_scaled(_IQ3XXS_SIGNED, index, db, self.torch_weights_for(blocks, out))
@@ -397,19 +412,22 @@ class IQ3_S(QuantFormat):
         for ib32 in range(8):
             s = (int(block["scales"][ib32 // 2]) >> 4 * (ib32 % 2)) & 0xF
             db = d * np.float32(1 + 2 * s)
-            for k in range(8):                                       # 8 points of 4 weights
+            for k in range(8):  # 8 points of 4 weights
                 index = int(qs[8 * ib32 + k]) | ((int(qh[ib32]) >> k) & 1) << 8
                 sign = _signs(int(signs[4 * ib32 + k // 2]) >> 4 * (k % 2), 4)
-                y[32 * ib32 + 4 * k:32 * ib32 + 4 * k + 4] = db * _IQ3S[index] * sign
+                y[32 * ib32 + 4 * k : 32 * ib32 + 4 * k + 4] = db * _IQ3S[index] * sign
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        high = (self.field_bytes(blocks, "qh")[:, :, None] >> _BITS) & 1   # (n, 8, 8)
+        high = (self.field_bytes(blocks, "qh")[:, :, None] >> _BITS) & 1  # (n, 8, 8)
         signs = self.field_bytes(blocks, "signs")
         nibbles = np.stack([signs & 0xF, signs >> 4], axis=-1).reshape(n, 8, 8)
-        index = ((nibbles.astype(np.uint16) << 9) | (high.astype(np.uint16) << 8)
-                 | self.field_bytes(blocks, "qs").reshape(n, 8, 8))
+        index = (
+            (nibbles.astype(np.uint16) << 9)
+            | (high.astype(np.uint16) << 8)
+            | self.field_bytes(blocks, "qs").reshape(n, 8, 8)
+        )
         scales = blocks["scales"]
         s = np.stack([scales & 0xF, scales >> 4], axis=-1).reshape(n, 8)
         db = blocks["d"].astype(np.float32)[:, None] * _ODD[s]
@@ -417,9 +435,10 @@ class IQ3_S(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = blocks.shape[0]
         qh = _torch_bytes(blocks, 66, 74)
-        high = torch.stack([(qh >> k) & 1 for k in range(8)], dim=-1)       # (n, 8, 8)
+        high = torch.stack([(qh >> k) & 1 for k in range(8)], dim=-1)  # (n, 8, 8)
         signs = _torch_bytes(blocks, 74, 106)
         nibbles = torch.stack([signs & 0xF, signs >> 4], dim=-1).reshape(n, 8, 8)
         index = (nibbles << 9) | (high << 8) | _torch_bytes(blocks, 2, 66).reshape(n, 8, 8)
@@ -454,13 +473,13 @@ class IQ1_S(QuantFormat):
             delta = -iq_grids.IQ1S_DELTA if qh & 0x8000 else iq_grids.IQ1S_DELTA
             for l in range(4):
                 grid = _IQ1S[int(block["qs"][4 * ib + l]) | ((qh >> 3 * l) & 7) << 8]
-                y[32 * ib + 8 * l:32 * ib + 8 * l + 8] = dl * (grid + delta)
+                y[32 * ib + 8 * l : 32 * ib + 8 * l + 8] = dl * (grid + delta)
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        qh = self.field_bytes(blocks, "qh").view("<u2")                        # (n, 8)
-        key = (qh & 0x0FFF) | ((qh >> 3) & 0x1000)                             # index bits + delta bit
+        qh = self.field_bytes(blocks, "qh").view("<u2")  # (n, 8)
+        key = (qh & 0x0FFF) | ((qh >> 3) & 0x1000)  # index bits + delta bit
         high = np.take(_IQ1S_HIGH_BITS, key).view(np.uint16).reshape(n, 8, 4)
         index = high | self.field_bytes(blocks, "qs").reshape(n, 8, 4)
         dl = blocks["d"].astype(np.float32)[:, None] * _ODD[(qh >> 12) & 7]
@@ -468,9 +487,10 @@ class IQ1_S(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = blocks.shape[0]
         b = _torch_bytes(blocks, 34, 50).view(n, 8, 2)
-        qh = b[..., 0] | (b[..., 1] << 8)                                      # (n, 8)
+        qh = b[..., 0] | (b[..., 1] << 8)  # (n, 8)
         high = torch.stack([(qh >> s) & 7 for s in (0, 3, 6, 9)], dim=-1)
         index = ((qh[:, :, None] >> 15) << 11) | (high << 8) | _torch_bytes(blocks, 2, 34).view(n, 8, 4)
         dl = self.torch_field(blocks, "d").float()[:, None] * (2 * ((qh >> 12) & 7) + 1).float()
@@ -499,33 +519,34 @@ class IQ1_M(QuantFormat):
         d_bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000)
         d = np.float32(np.uint16(d_bits).view(np.float16))
         y = np.empty(256, dtype=np.float32)
-        for g in range(32):                                          # groups of 8 weights
+        for g in range(32):  # groups of 8 weights
             nibble = (int(block["qh"][g // 2]) >> 4 * (g % 2)) & 0xF
             grid = _IQ1S[int(block["qs"][g]) | (nibble & 7) << 8]
             delta = -iq_grids.IQ1M_DELTA if nibble & 8 else iq_grids.IQ1M_DELTA
-            s = (sc[g // 8] >> 3 * (g // 2 % 4)) & 7                      # 16 weights per scale
-            y[8 * g:8 * g + 8] = (d * np.float32(2 * s + 1)) * (grid + delta)
+            s = (sc[g // 8] >> 3 * (g // 2 % 4)) & 7  # 16 weights per scale
+            y[8 * g : 8 * g + 8] = (d * np.float32(2 * s + 1)) * (grid + delta)
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         high = np.take(_IQ1M_HIGH_BITS, self.field_bytes(blocks, "qh")).view(np.uint16)  # (n, 32)
         index = high.reshape(n, 16, 2) | self.field_bytes(blocks, "qs").reshape(n, 16, 2)
-        sc = self.field_bytes(blocks, "scales").view("<u2")                 # (n, 4)
+        sc = self.field_bytes(blocks, "scales").view("<u2")  # (n, 4)
         d_bits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00) | (sc[:, 3] & 0xF000)
         d = d_bits.view(np.float16).astype(np.float32)
-        s = (sc[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 7       # (n, 4, 4): per 16 weights
+        s = (sc[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 7  # (n, 4, 4): per 16 weights
         dl = d[:, None] * _ODD[s.reshape(n, 16)]
         return _scaled(_IQ1_SHIFTED, index, dl, self.weights_for(blocks, out))
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = blocks.shape[0]
         qh = _torch_bytes(blocks, 32, 48)
         nibbles = torch.stack([qh & 0xF, qh >> 4], dim=-1).reshape(n, 16, 2)
         index = (nibbles << 8) | _torch_bytes(blocks, 0, 32).view(n, 16, 2)
         b = _torch_bytes(blocks, 48, 56).view(n, 4, 2)
-        sc = b[..., 0] | (b[..., 1] << 8)                                       # (n, 4)
+        sc = b[..., 0] | (b[..., 1] << 8)  # (n, 4)
         d_bits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00) | (sc[:, 3] & 0xF000)
         d = torch.where(d_bits >= 0x8000, d_bits - 0x10000, d_bits).to(torch.int16).view(torch.float16).float()
         s = torch.stack([(sc >> t) & 7 for t in (0, 3, 6, 9)], dim=-1).reshape(n, 16)

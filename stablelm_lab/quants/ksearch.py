@@ -50,37 +50,47 @@ def unpack_scale_min_words(low, high, mixed):
     get_scale_min_k4 for four sub-blocks at a time: ``(b >> 6) << 4`` of every byte b is the word's
     ``(w >> 2) & 0x30303030``. numpy (uint32) and torch (int32: the sign bits are masked off) alike.
     """
-    return (low & 0x3F3F3F3F, (mixed & 0x0F0F0F0F) | ((low >> 2) & 0x30303030),
-            high & 0x3F3F3F3F, ((mixed >> 4) & 0x0F0F0F0F) | ((high >> 2) & 0x30303030))
+    return (
+        low & 0x3F3F3F3F,
+        (mixed & 0x0F0F0F0F) | ((low >> 2) & 0x30303030),
+        high & 0x3F3F3F3F,
+        ((mixed >> 4) & 0x0F0F0F0F) | ((high >> 2) & 0x30303030),
+    )
 
 
 def scales_mins_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 12) packed bytes -> scales (n, 8) and mins (n, 8), uint8."""
-    words = q.view("<u4")                                                  # (n, 3)
-    values = np.stack(unpack_scale_min_words(*words.T), axis=1).view(np.uint8)   # (n, 16)
+    words = q.view("<u4")  # (n, 3)
+    values = np.stack(unpack_scale_min_words(*words.T), axis=1).view(np.uint8)  # (n, 16)
     return values[:, :8], values[:, 8:]
 
 
 def pack_scales_mins_k4(scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
     """(n, 8) scales and (n, 8) mins, each in 0..63 -> (n, 12) bytes, the inverse of scales_mins_k4."""
     scales, mins = scales.astype(np.uint8), mins.astype(np.uint8)
-    return np.concatenate([
-        scales[:, :4] | ((scales[:, 4:] >> 4) << 6),
-        mins[:, :4] | ((mins[:, 4:] >> 4) << 6),
-        (scales[:, 4:] & 0xF) | ((mins[:, 4:] & 0xF) << 4),
-    ], axis=1)
+    return np.concatenate(
+        [
+            scales[:, :4] | ((scales[:, 4:] >> 4) << 6),
+            mins[:, :4] | ((mins[:, 4:] >> 4) << 6),
+            (scales[:, 4:] & 0xF) | ((mins[:, 4:] & 0xF) << 4),
+        ],
+        axis=1,
+    )
 
 
 # ---- make_qkx2_quants -----------------------------------------------------------------------------
-def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
-                     nstep: int, use_mad: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_qkx2_quants(
+    x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float, nstep: int, use_mad: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml's make_qkx2_quants for m sub-blocks at once.
 
     x, weights: float32 (m, n), one sub-block of n weights per row.
     Returns scale (m,), the_min (m,) and the levels L (m, n) uint8 in 0..nmax, with x ≈ scale·L - the_min.
     """
-    parts = [_make_qkx2_quants(x[i:i + SEARCH_CHUNK], weights[i:i + SEARCH_CHUNK], nmax, rmin, rdelta,
-                               nstep, use_mad) for i in range(0, len(x), SEARCH_CHUNK)]
+    parts = [
+        _make_qkx2_quants(x[i : i + SEARCH_CHUNK], weights[i : i + SEARCH_CHUNK], nmax, rmin, rdelta, nstep, use_mad)
+        for i in range(0, len(x), SEARCH_CHUNK)
+    ]
     if not parts:
         return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(x.shape, np.uint8)
     return tuple(np.concatenate(column) for column in zip(*parts))
@@ -88,11 +98,11 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float,
 
 def _make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad):
     f32 = np.float32
-    x_t = np.ascontiguousarray(x.T)               # (n, m): one weight index per row, as the C loops run
+    x_t = np.ascontiguousarray(x.T)  # (n, m): one weight index per row, as the C loops run
     w_t = np.ascontiguousarray(weights.T)
 
     lo, hi, sum_w, sum_x = _first_pass(x_t, w_t)
-    lo = np.where(lo > 0, f32(0), lo)             # the min is never above zero
+    lo = np.where(lo > 0, f32(0), lo)  # the min is never above zero
     flat = hi == lo
 
     # the first guess: the range maps onto 0..nmax
@@ -123,7 +133,7 @@ def _make_qkx2_quants(x, weights, nmax, rmin, rdelta, nstep, use_mad):
         scale = np.where(better, this_scale, scale)
         best_min = np.where(better, this_min, best_min)
 
-    scale = np.where(flat, f32(0), scale)         # C returns early for a flat sub-block: L = 0
+    scale = np.where(flat, f32(0), scale)  # C returns early for a flat sub-block: L = 0
     the_min = -np.where(flat, lo, best_min)
     levels = np.where(flat, f32(0), levels)
     return scale, the_min, levels.T.astype(np.uint8)
@@ -156,8 +166,9 @@ def _weighted_error(scale, the_min, levels, x_t, w_t, use_mad: bool) -> np.ndarr
 
 
 # ---- the last pass -------------------------------------------------------------------------------
-def requantize_levels(x: np.ndarray, d: np.ndarray, levels: np.ndarray, lowest: int, highest: int,
-                      dm: np.ndarray | None = None) -> np.ndarray:
+def requantize_levels(
+    x: np.ndarray, d: np.ndarray, levels: np.ndarray, lowest: int, highest: int, dm: np.ndarray | None = None
+) -> np.ndarray:
     """The last pass of every K-quantizer: levels again, from the scales (and mins) as they are stored.
 
     x (n, k, size) weights, d (n, k) the decoded sub-block scales, levels (n, k, size) from the search.
@@ -171,13 +182,14 @@ def requantize_levels(x: np.ndarray, d: np.ndarray, levels: np.ndarray, lowest: 
     return np.where(d != 0, new, levels).astype(np.uint8)
 
 
-def search_sub_blocks(x: np.ndarray, search, nmax: int, weights: np.ndarray | None = None
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def search_sub_blocks(
+    x: np.ndarray, search, nmax: int, weights: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Run a symmetric scale search (make_qx_quants, make_q3_quants) on the 16 sub-blocks of 16 weights
     of every super-block of x (n, 256): scales (n, 16) and levels (n, 16, 16) in 0..2·nmax-1. With
     weights (n, 256), the search minimizes the error weighted by them (make_qx_quants' qw)."""
     n = len(x)
-    groups = np.ascontiguousarray(x.reshape(n * 16, 16).T)   # (16, n·16): element i of each sub-block
+    groups = np.ascontiguousarray(x.reshape(n * 16, 16).T)  # (16, n·16): element i of each sub-block
     if weights is None:
         scales, levels = search(groups, nmax=nmax)
     else:

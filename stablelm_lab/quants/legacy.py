@@ -45,9 +45,10 @@ def _torch_fifth_bits(qh):
     """fifth_bits in torch: the eight bytes of each byte of qh (n, 4) fetched as one int64 by index_select
     (torch shifts by a tensor of shift counts slowly, and indexes a 2-D table slowly)."""
     import torch
+
     table = torch.from_numpy(_FIFTH_BITS_OF_BYTE).view(torch.int64).reshape(256).to(qh.device)
     bits = torch.index_select(table, 0, qh.reshape(-1).int()).view(torch.uint8)
-    return bits.view(qh.shape[0], 32)                                 # byte b, bit s -> weight 8b + s
+    return bits.view(qh.shape[0], 32)  # byte b, bit s -> weight 8b + s
 
 
 # ---- with an importance matrix ----------------------------------------------------------------
@@ -98,12 +99,13 @@ class Q4_0(QuantFormat):
 
     def dequantize_blocks(self, blocks, out=None):
         q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
-        q -= np.uint8(8)                                                     # wraps: read as int8
+        q -= np.uint8(8)  # wraps: read as int8
         d = blocks["d"].astype(np.float32)[:, None]
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), d)
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         q = torch_nibbles(self.torch_field(blocks, "qs")).view(torch.int8) - 8
         d = self.torch_field(blocks, "d").float()
         return scale_levels(self.torch_weights_for(blocks, out), q, d)
@@ -117,7 +119,6 @@ class Q4_0(QuantFormat):
         out["qs"] = join_nibbles(q.astype(np.uint8))
         return out
 
-
     def quantize_rows_weighted(self, rows, importance):
         """quantize_row_q4_0_impl: the scale of least weighted squared error (make_qx_quants), not max/-8."""
         d, q = symmetric_weighted(rows, importance, nmax=8)
@@ -125,6 +126,7 @@ class Q4_0(QuantFormat):
         out["d"] = d
         out["qs"] = join_nibbles(q)
         return out
+
 
 class Q4_1(QuantFormat):
     """Q4_1: 32 weights in 20 bytes (5 bits per weight), with a min.
@@ -150,8 +152,12 @@ class Q4_1(QuantFormat):
 
     def dequantize_blocks(self, blocks, out=None):
         q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
-        return scale_levels(self.weights_for(blocks, out), q, blocks["d"].astype(np.float32)[:, None],
-                            plus=blocks["m"].astype(np.float32)[:, None])
+        return scale_levels(
+            self.weights_for(blocks, out),
+            q,
+            blocks["d"].astype(np.float32)[:, None],
+            plus=blocks["m"].astype(np.float32)[:, None],
+        )
 
     def dequantize_blocks_torch(self, blocks, out=None):
         q = torch_nibbles(self.torch_field(blocks, "qs"))
@@ -167,7 +173,6 @@ class Q4_1(QuantFormat):
         out["qs"] = join_nibbles(q.astype(np.uint8))
         return out
 
-
     def quantize_rows_weighted(self, rows, importance):
         """quantize_row_q4_1_impl: scale and min of least weighted squared error (make_qkx3_quants)."""
         d, m, q = with_min_weighted(rows, importance, nmax=15)
@@ -175,6 +180,7 @@ class Q4_1(QuantFormat):
         out["d"], out["m"] = d, m
         out["qs"] = join_nibbles(q)
         return out
+
 
 class Q5_0(QuantFormat):
     """Q5_0: 32 weights in 22 bytes (5.5 bits per weight), symmetric.
@@ -204,15 +210,17 @@ class Q5_0(QuantFormat):
     def dequantize_blocks(self, blocks, out=None):
         q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
         q |= fifth_bits(self.field_bytes(blocks, "qh")).reshape(q.shape)
-        q -= np.uint8(16)                                                    # wraps: read as int8
+        q -= np.uint8(16)  # wraps: read as int8
         d = blocks["d"].astype(np.float32)[:, None]
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), d)
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         q = torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
-        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8) - 16,
-                                  self.torch_field(blocks, "d").float())
+        return scale_levels(
+            self.torch_weights_for(blocks, out), q.view(torch.int8) - 16, self.torch_field(blocks, "d").float()
+        )
 
     def quantize_blocks(self, x):
         d = signed_absmax(x, axis=1) / np.float32(-16)
@@ -223,7 +231,6 @@ class Q5_0(QuantFormat):
         out["qs"] = join_nibbles(q & 0x0F)
         return out
 
-
     def quantize_rows_weighted(self, rows, importance):
         """quantize_row_q5_0_impl: the scale of least weighted squared error (make_qx_quants)."""
         d, q = symmetric_weighted(rows, importance, nmax=16)
@@ -232,6 +239,7 @@ class Q5_0(QuantFormat):
         out["qh"] = pack_fifth_bits(q)
         out["qs"] = join_nibbles(q & 0x0F)
         return out
+
 
 class Q5_1(QuantFormat):
     """Q5_1: 32 weights in 24 bytes (6 bits per weight), with a min.
@@ -262,8 +270,12 @@ class Q5_1(QuantFormat):
     def dequantize_blocks(self, blocks, out=None):
         q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
         q |= fifth_bits(self.field_bytes(blocks, "qh")).reshape(q.shape)
-        return scale_levels(self.weights_for(blocks, out), q, blocks["d"].astype(np.float32)[:, None],
-                            plus=blocks["m"].astype(np.float32)[:, None])
+        return scale_levels(
+            self.weights_for(blocks, out),
+            q,
+            blocks["d"].astype(np.float32)[:, None],
+            plus=blocks["m"].astype(np.float32)[:, None],
+        )
 
     def dequantize_blocks_torch(self, blocks, out=None):
         q = torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
@@ -280,7 +292,6 @@ class Q5_1(QuantFormat):
         out["qs"] = join_nibbles(q & 0x0F)
         return out
 
-
     def quantize_rows_weighted(self, rows, importance):
         """quantize_row_q5_1_impl: scale and min of least weighted squared error (make_qkx3_quants)."""
         d, m, q = with_min_weighted(rows, importance, nmax=31)
@@ -289,6 +300,7 @@ class Q5_1(QuantFormat):
         out["qh"] = pack_fifth_bits(q)
         out["qs"] = join_nibbles(q & 0x0F)
         return out
+
 
 class Q8_0(QuantFormat):
     """Q8_0: 32 weights in 34 bytes (8.5 bits per weight).
@@ -312,8 +324,9 @@ class Q8_0(QuantFormat):
         return scale_levels(self.weights_for(blocks, out), q, blocks["d"].astype(np.float32)[:, None])
 
     def dequantize_blocks_torch(self, blocks, out=None):
-        return scale_levels(self.torch_weights_for(blocks, out), self.torch_field(blocks, "qs"),
-                                  self.torch_field(blocks, "d").float())
+        return scale_levels(
+            self.torch_weights_for(blocks, out), self.torch_field(blocks, "qs"), self.torch_field(blocks, "d").float()
+        )
 
     def quantize_blocks(self, x):
         d = np.abs(x).max(axis=1) / np.float32(127)

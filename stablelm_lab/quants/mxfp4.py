@@ -34,8 +34,9 @@ def e8m0_to_fp32_half(e: np.ndarray) -> np.ndarray:
 
 #: The half scale of every exponent byte, and the values (low nibble, high nibble) of every qs byte.
 _SCALE_OF_E = e8m0_to_fp32_half(np.arange(256))
-_NIBBLE_VALUES = np.stack([KVALUES_MXFP4[np.arange(256) & 0x0F], KVALUES_MXFP4[np.arange(256) >> 4]],
-                          axis=1).astype(np.float32)
+_NIBBLE_VALUES = np.stack([KVALUES_MXFP4[np.arange(256) & 0x0F], KVALUES_MXFP4[np.arange(256) >> 4]], axis=1).astype(
+    np.float32
+)
 
 
 class MXFP4(QuantFormat):
@@ -69,12 +70,14 @@ class MXFP4(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         d = torch.from_numpy(_SCALE_OF_E).to(blocks.device)[self.torch_field(blocks, "e").long()]
-        return torch_decode_nibble_pairs(self.torch_field(blocks, "qs"), d, _NIBBLE_VALUES,
-                                         self.torch_weights_for(blocks, out))
+        return torch_decode_nibble_pairs(
+            self.torch_field(blocks, "qs"), d, _NIBBLE_VALUES, self.torch_weights_for(blocks, out)
+        )
 
     def quantize_blocks(self, x):
-        amax = np.fmax.reduce(np.abs(x), axis=1)      # C's `if (amax < fabsf(v))` passes over NaNs
+        amax = np.fmax.reduce(np.abs(x), axis=1)  # C's `if (amax < fabsf(v))` passes over NaNs
         with np.errstate(all="ignore"):
             exponent = np.floor(np.log2(amax)) - np.float32(2) + np.float32(127)
         # C's (uint8_t) of a float: x86 truncates to int32 and keeps the low byte
@@ -96,4 +99,3 @@ def _best_index_mxfp4(x: np.ndarray, d: np.ndarray) -> np.ndarray:
         best_index[better] = i
         best_err = np.where(better, err, best_err)
     return best_index
-

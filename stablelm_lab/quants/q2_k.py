@@ -39,35 +39,35 @@ class Q2_K(QuantFormat):
         y = np.empty(256, dtype=np.float32)
         sub = 0
         for n in range(0, 256, 128):
-            q = block["qs"][n // 4:n // 4 + 32]
+            q = block["qs"][n // 4 : n // 4 + 32]
             for j, shift in enumerate(range(0, 8, 2)):
-                for half in (0, 16):                     # two sub-blocks of 16 share the shift
+                for half in (0, 16):  # two sub-blocks of 16 share the shift
                     sc = int(block["scales"][sub])
                     dl, ml = d * np.float32(sc & 0xF), dmin * np.float32(sc >> 4)
                     start = n + 32 * j + half
-                    y[start:start + 16] = dl * ((q[half:half + 16] >> shift) & 3).astype(np.float32) - ml
+                    y[start : start + 16] = dl * ((q[half : half + 16] >> shift) & 3).astype(np.float32) - ml
                     sub += 1
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         scales = self.field_bytes(blocks, "scales")
-        dl = blocks["d"].astype(np.float32)[:, None] * (scales & 0xF)                  # (n, 16)
+        dl = blocks["d"].astype(np.float32)[:, None] * (scales & 0xF)  # (n, 16)
         ml = blocks["dmin"].astype(np.float32)[:, None] * (scales >> 4)
-        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)   # (2n, j, l)
+        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, j, l)
         return scale_levels(self.weights_for(blocks, out), q.reshape(n, 16, 16), dl, minus=ml)
 
     def dequantize_blocks_torch(self, blocks, out=None):
         scales = self.torch_field(blocks, "scales")
-        dl = self.torch_field(blocks, "d").float()[:, None] * (scales & 0xF)              # (n, 16)
+        dl = self.torch_field(blocks, "d").float()[:, None] * (scales & 0xF)  # (n, 16)
         ml = self.torch_field(blocks, "dmin").float()[:, None] * (scales >> 4)
         qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
-        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)                                          # (n, h, j, l)
+        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)  # (n, h, j, l)
         return scale_levels(self.torch_weights_for(blocks, out), q.reshape(-1, 16, 16), dl, minus=ml)
 
     def quantize_blocks(self, x):
         f32 = np.float32
-        sub = x.reshape(-1, 16)                                     # (n·16, 16): one sub-block a row
+        sub = x.reshape(-1, 16)  # (n·16, 16): one sub-block a row
         scales, mins, levels = make_qkx2_quants(sub, np.abs(sub), 3, -0.5, 0.1, 15, use_mad=True)
         scales, mins = scales.reshape(-1, 16), mins.reshape(-1, 16)
 
@@ -101,7 +101,7 @@ class Q2_K(QuantFormat):
 
         out = np.empty(len(x), self.block_dtype)
         out["scales"], out["d"], out["dmin"] = packed, d, dmin
-        crumbs = levels.reshape(-1, 2, 4, 32) << CRUMB_SHIFTS     # weight 128h + 32j + l -> bits 2j
+        crumbs = levels.reshape(-1, 2, 4, 32) << CRUMB_SHIFTS  # weight 128h + 32j + l -> bits 2j
         out["qs"] = crumbs.sum(axis=2, dtype=np.uint8).reshape(-1, 64)
         return out
 

@@ -36,10 +36,12 @@ def unpack_scale_words(aux0, aux1, tmp):
     arithmetic shift of an int32 brings in.
     """
     kmask1, kmask2 = 0x03030303, 0x0F0F0F0F
-    return ((aux0 & kmask2) | (((tmp >> 0) & kmask1) << 4),
-            (aux1 & kmask2) | (((tmp >> 2) & kmask1) << 4),
-            ((aux0 >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4),
-            ((aux1 >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4))
+    return (
+        (aux0 & kmask2) | (((tmp >> 0) & kmask1) << 4),
+        (aux1 & kmask2) | (((tmp >> 2) & kmask1) << 4),
+        ((aux0 >> 4) & kmask2) | (((tmp >> 4) & kmask1) << 4),
+        ((aux1 >> 4) & kmask2) | (((tmp >> 6) & kmask1) << 4),
+    )
 
 
 def unpack_scales(scales: np.ndarray) -> np.ndarray:
@@ -49,7 +51,7 @@ def unpack_scales(scales: np.ndarray) -> np.ndarray:
     (shifts, masks, ORs of disjoint fields; no carries, no constants), so both are linear over GF(2),
     and two linear maps that agree on the 96 one-bit inputs agree everywhere.
     """
-    words = np.ascontiguousarray(scales).view("<u4")                   # (n, 3)
+    words = np.ascontiguousarray(scales).view("<u4")  # (n, 3)
     return np.stack(unpack_scale_words(*words.T), axis=1).view(np.uint8)
 
 
@@ -57,7 +59,7 @@ def pack_scales(values: np.ndarray) -> np.ndarray:
     """(n, 16) scales in 0..63 -> (n, 12) bytes, the inverse of unpack_scales."""
     v = values.astype(np.uint8)
     low = v & 0x0F
-    high = (v >> 4).reshape(len(v), 4, 4)                                   # (n, s//4, s%4)
+    high = (v >> 4).reshape(len(v), 4, 4)  # (n, s//4, s%4)
     crumbs = high[:, 0] | (high[:, 1] << 2) | (high[:, 2] << 4) | (high[:, 3] << 6)
     return np.concatenate([low[:, :8] | (low[:, 8:] << 4), crumbs], axis=1)
 
@@ -88,14 +90,19 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
         changed = np.zeros_like(searching)
         for i in range(len(x)):
             old = L[i].astype(np.float32)
-            slx = sumlx - wx[i] * old                       # the sums without element i
+            slx = sumlx - wx[i] * old  # the sums without element i
             sl2 = suml2 - w[i] * old * old
             new_l = np.clip(nearest_int(x[i] * sl2 / slx), -nmax, nmax - 1)
             new = new_l.astype(np.float32)
             new_slx = slx + wx[i] * new
             new_sl2 = sl2 + w[i] * new * new
-            keep = (searching & (slx > 0) & (new_l != L[i]) & (new_sl2 > 0)
-                    & (new_slx * new_slx * suml2 > sumlx * sumlx * new_sl2))
+            keep = (
+                searching
+                & (slx > 0)
+                & (new_l != L[i])
+                & (new_sl2 > 0)
+                & (new_slx * new_slx * suml2 > sumlx * sumlx * new_sl2)
+            )
             L[i] = np.where(keep, new_l, L[i])
             sumlx = np.where(keep, new_slx, sumlx)
             suml2 = np.where(keep, new_sl2, suml2)
@@ -137,10 +144,10 @@ class Q3_K(QuantFormat):
         y = np.empty(QK_K, dtype=np.float32)
         l = np.arange(16)
         hm = block["hmask"].astype(np.int32)
-        s = 0      # sub-block: C's is
-        m = 1      # the hmask bit of the current 32 weights
+        s = 0  # sub-block: C's is
+        m = 1  # the hmask bit of the current 32 weights
         for n in range(0, QK_K, 128):
-            q = block["qs"][n // 4:n // 4 + 32].astype(np.int32)   # C: q += 32 after each 128
+            q = block["qs"][n // 4 : n // 4 + 32].astype(np.int32)  # C: q += 32 after each 128
             for j in range(4):
                 shift = 2 * j
                 for half in (0, 16):
@@ -148,31 +155,32 @@ class Q3_K(QuantFormat):
                     low2 = (q[l + half] >> shift) & 3
                     minus = np.where(hm[l + half] & m, 0, 4)
                     start = n + 32 * j + half
-                    y[start:start + 16] = dl * (low2 - minus).astype(np.float32)
+                    y[start : start + 16] = dl * (low2 - minus).astype(np.float32)
                     s += 1
                 m <<= 1
         return y
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        low2 = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)   # (2n, j, l)
+        low2 = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, j, l)
         q = low2.reshape(n, 16, 16)
         q |= bit_fields(self.field_bytes(blocks, "hmask"), range(8), 1, place=2).reshape(n, 16, 16)  # 4h + j
-        q -= np.uint8(4)                                  # low2 - (high ? 0 : 4), wrapping: read as int8
+        q -= np.uint8(4)  # low2 - (high ? 0 : 4), wrapping: read as int8
         sc = unpack_scales(self.field_bytes(blocks, "scales")) - np.uint8(32)
-        dl = blocks["d"].astype(np.float32)[:, None] * sc.view(np.int8)                      # (n, 16)
+        dl = blocks["d"].astype(np.float32)[:, None] * sc.view(np.int8)  # (n, 16)
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), dl)
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = len(blocks)
         qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
-        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)                                         # (n, h, j, l)
+        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)  # (n, h, j, l)
         q |= torch_bit_fields(self.torch_field(blocks, "hmask"), range(8), 1, place=2).view(q.shape)  # 4h + j
-        q -= 4                                            # low2 - (high ? 0 : 4), wrapping: read as int8
+        q -= 4  # low2 - (high ? 0 : 4), wrapping: read as int8
         # copied: view(int32) needs a 4-byte boundary, which a lone 110-byte block may not give
         packed = self.torch_field(blocks, "scales").clone(memory_format=torch.contiguous_format)
-        words = packed.view(torch.int32)                                     # (n, 3)
+        words = packed.view(torch.int32)  # (n, 3)
         sc = torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.int8) - 32
         dl = self.torch_field(blocks, "d").float()[:, None] * sc
         return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8).view(n, 16, 16), dl)
@@ -198,8 +206,9 @@ class Q3_K(QuantFormat):
         (sigma2 = 2·sumx2/256 of the super-block), not make_q3_quants; then the 16 scales themselves
         by make_qx_quants (6 bits), each weighted by the sum of its sub-block's weights."""
         importance = np.broadcast_to(importance, rows.shape).reshape(-1, QK_K)
-        return self.quantize_in_chunks(rows.reshape(-1, QK_K), self._quantize_weighted_chunk,
-                                       QUANTIZE_CHUNK_BLOCKS, importance)
+        return self.quantize_in_chunks(
+            rows.reshape(-1, QK_K), self._quantize_weighted_chunk, QUANTIZE_CHUNK_BLOCKS, importance
+        )
 
     def _quantize_weighted_chunk(self, x, importance):
         n = len(x)
@@ -226,8 +235,8 @@ class Q3_K(QuantFormat):
 def pack_3bit_quants(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 256) values in 0..7 -> hmask (n, 32), qs (n, 64): the inverse of the index map above."""
     n = len(L)
-    high = (L > 3).reshape(n, 8, 32)                          # (n, b, l): weight 32b + l
+    high = (L > 3).reshape(n, 8, 32)  # (n, b, l): weight 32b + l
     hmask = np.packbits(high, axis=1, bitorder="little").reshape(n, 32)
-    low2 = (L & 3).reshape(n, 2, 4, 32)                       # (n, h, j, l)
+    low2 = (L & 3).reshape(n, 2, 4, 32)  # (n, h, j, l)
     qs = low2[:, :, 0] | (low2[:, :, 1] << 2) | (low2[:, :, 2] << 4) | (low2[:, :, 3] << 6)
     return hmask, qs.reshape(n, 64)

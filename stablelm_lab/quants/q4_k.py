@@ -8,8 +8,14 @@ from gguf import GGMLQuantizationType as T
 from .base import QuantFormat, f16, scale_levels, struct, u8
 from .bits import split_nibbles, torch_bit_fields
 from .cfloat import running_max, sequential_sum
-from .ksearch import (make_qkx2_quants, pack_scales_mins_k4, requantize_levels, scales_mins_k4,
-                      sub_block_scale_min, unpack_scale_min_words)
+from .ksearch import (
+    make_qkx2_quants,
+    pack_scales_mins_k4,
+    requantize_levels,
+    scales_mins_k4,
+    sub_block_scale_min,
+    unpack_scale_min_words,
+)
 from .rounding import nearest_int
 from .weighted import k_quant_weights, make_qkx3_quants, make_qp_quants, sum_per_sub_block
 
@@ -37,13 +43,13 @@ class Q4_K(QuantFormat):
         for j in range(0, 256, 64):
             d1, m1 = sub_block_scale_min(j // 32, block)
             d2, m2 = sub_block_scale_min(j // 32 + 1, block)
-            q = block["qs"][j // 2:j // 2 + 32]
-            y[j:j + 32] = d1 * (q & 0xF).astype(np.float32) - m1
-            y[j + 32:j + 64] = d2 * (q >> 4).astype(np.float32) - m2
+            q = block["qs"][j // 2 : j // 2 + 32]
+            y[j : j + 32] = d1 * (q & 0xF).astype(np.float32) - m1
+            y[j + 32 : j + 64] = d2 * (q >> 4).astype(np.float32) - m2
         return y
 
     def dequantize_blocks(self, blocks, out=None):
-        q = split_nibbles(self.field_bytes(blocks, "qs"), run=32)       # (n, c, low/high, l)
+        q = split_nibbles(self.field_bytes(blocks, "qs"), run=32)  # (n, c, low/high, l)
         return decode_with_mins(self, blocks, q.reshape(-1, 8, 32), out)
 
     def dequantize_blocks_torch(self, blocks, out=None):
@@ -77,7 +83,7 @@ def join_chunk_nibbles(levels: np.ndarray) -> np.ndarray:
 def decode_with_mins(fmt: QuantFormat, blocks: np.ndarray, q: np.ndarray, out) -> np.ndarray:
     """C's ``(d·sc)·q - dmin·m`` for levels q (n, 8, 32) -> float32 (n, 256), into out if given."""
     sc, m = scales_mins_k4(fmt.field_bytes(blocks, "scales"))
-    dl = blocks["d"].astype(np.float32)[:, None] * sc                   # d·sc first, then ·q
+    dl = blocks["d"].astype(np.float32)[:, None] * sc  # d·sc first, then ·q
     ml = blocks["dmin"].astype(np.float32)[:, None] * m
     return scale_levels(fmt.weights_for(blocks, out), q, dl, minus=ml)
 
@@ -101,8 +107,9 @@ def torch_chunk_nibbles_into(out, qs):
 def torch_decode_with_mins(fmt: QuantFormat, blocks, q, out):
     """decode_with_mins in torch."""
     import torch
-    words = fmt.torch_field(blocks, "scales").contiguous().view(torch.int32)      # (n, 3)
-    unpacked = torch.stack(unpack_scale_min_words(*words.T), dim=1).view(torch.uint8)   # (n, 16)
+
+    words = fmt.torch_field(blocks, "scales").contiguous().view(torch.int32)  # (n, 3)
+    unpacked = torch.stack(unpack_scale_min_words(*words.T), dim=1).view(torch.uint8)  # (n, 16)
     dl = fmt.torch_field(blocks, "d").float()[:, None] * unpacked[:, :8]
     ml = fmt.torch_field(blocks, "dmin").float()[:, None] * unpacked[:, 8:]
     return scale_levels(fmt.torch_weights_for(blocks, out), q, dl, minus=ml)
@@ -114,7 +121,7 @@ def quantize_k4(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     x (n, 256) -> d (n,) fp16, dmin (n,) fp16, scales (n, 12) packed bytes, levels (n, 8, 32) in 0..nmax.
     """
     f32 = np.float32
-    sub = x.reshape(-1, 32)                                         # (n·8, 32): one sub-block a row
+    sub = x.reshape(-1, 32)  # (n·8, 32): one sub-block a row
     av_x = np.sqrt(sequential_sum((sub * sub).T) / f32(32))
     weights = av_x[:, None] + np.abs(sub)
     scales, mins, levels = make_qkx2_quants(sub, weights, nmax, rmin, 0.1, nstep, use_mad=False)

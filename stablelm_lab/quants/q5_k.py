@@ -8,8 +8,14 @@ from gguf import GGMLQuantizationType as T
 from .base import QuantFormat, f16, struct, u8
 from .bits import bit_fields, split_nibbles, torch_bit_fields
 from .ksearch import sub_block_scale_min
-from .q4_k import (decode_with_mins, join_chunk_nibbles, quantize_k4, quantize_k4_weighted,
-                   torch_chunk_nibbles, torch_decode_with_mins)
+from .q4_k import (
+    decode_with_mins,
+    join_chunk_nibbles,
+    quantize_k4,
+    quantize_k4_weighted,
+    torch_chunk_nibbles,
+    torch_decode_with_mins,
+)
 
 #: bit s of qh[l] is the fifth bit of weight l of sub-block s
 SUB_BLOCK_BITS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
@@ -39,20 +45,20 @@ class Q5_K(QuantFormat):
         for j in range(0, 256, 64):
             d1, m1 = sub_block_scale_min(j // 32, block)
             d2, m2 = sub_block_scale_min(j // 32 + 1, block)
-            ql = block["qs"][j // 2:j // 2 + 32]
-            y[j:j + 32] = d1 * ((ql & 0xF) + np.where(qh & u1, 16, 0)).astype(np.float32) - m1
-            y[j + 32:j + 64] = d2 * ((ql >> 4) + np.where(qh & u2, 16, 0)).astype(np.float32) - m2
+            ql = block["qs"][j // 2 : j // 2 + 32]
+            y[j : j + 32] = d1 * ((ql & 0xF) + np.where(qh & u1, 16, 0)).astype(np.float32) - m1
+            y[j + 32 : j + 64] = d2 * ((ql >> 4) + np.where(qh & u2, 16, 0)).astype(np.float32) - m2
             u1, u2 = u1 << 2, u2 << 2
         return y
 
     def dequantize_blocks(self, blocks, out=None):
-        q = split_nibbles(self.field_bytes(blocks, "qs"), run=32).reshape(-1, 8, 32)   # (n, s, l)
-        q |= bit_fields(self.field_bytes(blocks, "qh"), range(8), 1, place=4)           # (n, s, l)
+        q = split_nibbles(self.field_bytes(blocks, "qs"), run=32).reshape(-1, 8, 32)  # (n, s, l)
+        q |= bit_fields(self.field_bytes(blocks, "qh"), range(8), 1, place=4)  # (n, s, l)
         return decode_with_mins(self, blocks, q, out)
 
     def dequantize_blocks_torch(self, blocks, out=None):
         q = torch_chunk_nibbles(self.torch_field(blocks, "qs"))
-        q |= torch_bit_fields(self.torch_field(blocks, "qh"), range(8), 1, place=4)        # (n, s, l)
+        q |= torch_bit_fields(self.torch_field(blocks, "qh"), range(8), 1, place=4)  # (n, s, l)
         return torch_decode_with_mins(self, blocks, q, out)
 
     def quantize_blocks(self, x):

@@ -86,9 +86,9 @@ class Q6_K(QuantFormat):
         l = np.arange(32)
         is_ = l // 16
         for n in range(0, QK_K, 128):  # each half: ql += 64, qh += 32, sc += 8
-            ql = block["ql"][n // 2:n // 2 + 64].astype(np.int32)
-            qh = block["qh"][n // 4:n // 4 + 32].astype(np.int32)
-            sc = block["scales"][n // 16:n // 16 + 8].astype(np.float32)
+            ql = block["ql"][n // 2 : n // 2 + 64].astype(np.int32)
+            qh = block["qh"][n // 4 : n // 4 + 32].astype(np.int32)
+            sc = block["scales"][n // 16 : n // 16 + 8].astype(np.float32)
             q1 = ((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32
             q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32
             q3 = ((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32
@@ -102,22 +102,24 @@ class Q6_K(QuantFormat):
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
         ql = self.field_bytes(blocks, "ql").reshape(2 * n, 64)
-        low4 = bit_fields(ql, [0, 4], 0x0F)                                   # (2n, k>>1, 32·(k&1) + l)
+        low4 = bit_fields(ql, [0, 4], 0x0F)  # (2n, k>>1, 32·(k&1) + l)
         q = low4.reshape(n, 16, 16)
-        q |= bit_fields(self.field_bytes(blocks, "qh").reshape(2 * n, 32), [0, 2, 4, 6], 3,
-                        place=4).reshape(n, 16, 16)                                        # (2n, k, l)
-        q -= np.uint8(32)                                                      # wraps: read as int8
+        q |= bit_fields(self.field_bytes(blocks, "qh").reshape(2 * n, 32), [0, 2, 4, 6], 3, place=4).reshape(
+            n, 16, 16
+        )  # (2n, k, l)
+        q -= np.uint8(32)  # wraps: read as int8
         dl = blocks["d"].astype(np.float32)[:, None] * self.field_bytes(blocks, "scales").view(np.int8)
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), dl)
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         n = len(blocks)
         ql = self.torch_field(blocks, "ql").unflatten(1, (2, 64))
         qh = self.torch_field(blocks, "qh").unflatten(1, (2, 32))
-        q = torch_bit_fields(ql, [0, 4], 0x0F)                               # (n, h, k>>1, 32·(k&1) + l)
-        q |= torch_bit_fields(qh, [0, 2, 4, 6], 3, place=4).view(q.shape)    # (n, h, k, l)
-        q -= 32                                                                # wraps: read as int8
+        q = torch_bit_fields(ql, [0, 4], 0x0F)  # (n, h, k>>1, 32·(k&1) + l)
+        q |= torch_bit_fields(qh, [0, 2, 4, 6], 3, place=4).view(q.shape)  # (n, h, k, l)
+        q -= 32  # wraps: read as int8
         q = q.view(torch.int8).view(n, 16, 16)
         dl = self.torch_field(blocks, "d").float()[:, None] * self.torch_field(blocks, "scales")
         return scale_levels(self.torch_weights_for(blocks, out), q, dl)
@@ -129,8 +131,7 @@ class Q6_K(QuantFormat):
         """quantize_row_q6_K_impl: make_qx_quants weighs each weight by its column's importance alone
         (ggml left the sqrt(sigma2 + x²) factor of the other K-quants commented out here)."""
         weights = np.broadcast_to(importance, rows.shape).reshape(-1, QK_K)
-        return self.quantize_in_chunks(rows.reshape(-1, QK_K), self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS,
-                                       weights)
+        return self.quantize_in_chunks(rows.reshape(-1, QK_K), self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS, weights)
 
     def _quantize_chunk(self, x, weights=None):
         n = len(x)
@@ -156,9 +157,10 @@ class Q6_K(QuantFormat):
 def pack_6bit_quants(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(n, 256) values in 0..63 -> ql (n, 128), qh (n, 64): the inverse of the index map above."""
     n = len(L)
-    q = L.reshape(n, 2, 4, 32)                                # (n, h, k, l)
+    q = L.reshape(n, 2, 4, 32)  # (n, h, k, l)
     low4, high2 = q & 0x0F, q >> 4
-    ql = np.concatenate([low4[:, :, 0] | (low4[:, :, 2] << 4),
-                         low4[:, :, 1] | (low4[:, :, 3] << 4)], axis=-1)      # (n, h, 64)
+    ql = np.concatenate(
+        [low4[:, :, 0] | (low4[:, :, 2] << 4), low4[:, :, 1] | (low4[:, :, 3] << 4)], axis=-1
+    )  # (n, h, 64)
     qh = high2[:, :, 0] | (high2[:, :, 1] << 2) | (high2[:, :, 2] << 4) | (high2[:, :, 3] << 6)
     return ql.reshape(n, 128), qh.reshape(n, 64)

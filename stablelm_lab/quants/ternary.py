@@ -27,7 +27,7 @@ _POW3 = [1, 3, 9, 27, 81, 243]
 
 def trit(byte, n: int):
     """Trit n (0 = most significant) of a TQ1_0 byte: the multiply-by-3 trick, in uint8 as C does it."""
-    shifted = (byte * _POW3[n]) & 0xFF          # C: uint8_t q = byte * pow3[n]
+    shifted = (byte * _POW3[n]) & 0xFF  # C: uint8_t q = byte * pow3[n]
     return (shifted * 3) >> 8
 
 
@@ -99,28 +99,36 @@ class TQ1_0(QuantFormat):
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        packed = self.byte_range(blocks, 0, 52)                           # qs and qh
-        planes = np.stack([trit_plane(packed, t) for t in range(5)])     # (trit, n, 52)
+        packed = self.byte_range(blocks, 0, 52)  # qs and qh
+        planes = np.stack([trit_plane(packed, t) for t in range(5)])  # (trit, n, 52)
         q = np.empty((n, 256), dtype=np.uint8)
         i = 0
-        for first, width, n_trits in self._GROUPS:                       # runs of `width` bytes
-            runs = q.view(f"V{width}")[:, i // width:i // width + n_trits]          # (n, trit)
+        for first, width, n_trits in self._GROUPS:  # runs of `width` bytes
+            runs = q.view(f"V{width}")[:, i // width : i // width + n_trits]  # (n, trit)
             runs[...] = byte_runs(planes[:n_trits], first, width).T
             i += n_trits * width
-        q -= np.uint8(1)                                                  # t - 1, wrapping: read as int8
-        return scale_levels(self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256),
-                            blocks["d"].astype(np.float32)[:, None])
+        q -= np.uint8(1)  # t - 1, wrapping: read as int8
+        return scale_levels(
+            self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256), blocks["d"].astype(np.float32)[:, None]
+        )
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         table = torch.from_numpy(_TRITS_OF_BYTE).view(torch.int64).reshape(256).to(blocks.device)
-        index = blocks[:, :52].reshape(-1).int()                          # qs and qh
-        trits = torch.index_select(table, 0, index).view(torch.uint8).view(-1, 52, 8)   # (n, byte, trit)
-        q = torch.cat([trits[:, first:first + width, :n_trits].transpose(1, 2).flatten(1)
-                       for first, width, n_trits in self._GROUPS], dim=1)
-        q -= 1                                                            # t - 1, wrapping: read as int8
-        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8),
-                            self.torch_field(blocks, "d").float())
+        index = blocks[:, :52].reshape(-1).int()  # qs and qh
+        trits = torch.index_select(table, 0, index).view(torch.uint8).view(-1, 52, 8)  # (n, byte, trit)
+        q = torch.cat(
+            [
+                trits[:, first : first + width, :n_trits].transpose(1, 2).flatten(1)
+                for first, width, n_trits in self._GROUPS
+            ],
+            dim=1,
+        )
+        q -= 1  # t - 1, wrapping: read as int8
+        return scale_levels(
+            self.torch_weights_for(blocks, out), q.view(torch.int8), self.torch_field(blocks, "d").float()
+        )
 
     def quantize_blocks(self, x):
         n = len(x)
@@ -161,22 +169,25 @@ class TQ2_0(QuantFormat):
 
     def dequantize_blocks(self, blocks, out=None):
         n = len(blocks)
-        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)   # (2n, l, m)
-        q -= np.uint8(1)                                                  # wrapping: read as int8
-        return scale_levels(self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256),
-                            blocks["d"].astype(np.float32)[:, None])
+        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, l, m)
+        q -= np.uint8(1)  # wrapping: read as int8
+        return scale_levels(
+            self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256), blocks["d"].astype(np.float32)[:, None]
+        )
 
     def dequantize_blocks_torch(self, blocks, out=None):
         import torch
+
         qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
-        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)                                      # (n, c, l, m)
-        q -= 1                                                            # wrapping: read as int8
-        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8).view(-1, 256),
-                                  self.torch_field(blocks, "d").float())
+        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)  # (n, c, l, m)
+        q -= 1  # wrapping: read as int8
+        return scale_levels(
+            self.torch_weights_for(blocks, out), q.view(torch.int8).view(-1, 256), self.torch_field(blocks, "d").float()
+        )
 
     def quantize_blocks(self, x):
         d, trits = _ternary_scale(x)
-        trits = trits.reshape(-1, 2, 4, 32)                                 # (n, c, l, m)
+        trits = trits.reshape(-1, 2, 4, 32)  # (n, c, l, m)
         qs = np.zeros((len(x), 2, 32), dtype=np.uint8)
         for l in range(4):
             qs += (trits[:, :, l] & 3) << np.uint8(2 * l)
@@ -184,4 +195,3 @@ class TQ2_0(QuantFormat):
         out["d"] = d
         out["qs"] = qs.reshape(-1, 64)
         return out
-

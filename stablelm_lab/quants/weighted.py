@@ -34,8 +34,16 @@ from .ksearch import make_qkx2_quants
 from .q6_k import make_qx_quants
 from .rounding import nearest_int
 
-__all__ = ["check_importance", "importance_weights", "k_quant_weights", "sum_of_squares", "sum_per_sub_block",
-           "make_qx_quants", "make_qkx3_quants", "make_qp_quants"]
+__all__ = [
+    "check_importance",
+    "importance_weights",
+    "k_quant_weights",
+    "sum_of_squares",
+    "sum_per_sub_block",
+    "make_qx_quants",
+    "make_qkx3_quants",
+    "make_qp_quants",
+]
 
 
 def sum_of_squares(x: np.ndarray) -> np.ndarray:
@@ -64,8 +72,7 @@ def sum_per_sub_block(weights: np.ndarray) -> np.ndarray:
     return sequential_sum(np.ascontiguousarray(weights.T))
 
 
-def make_qkx3_quants(x: np.ndarray, weights: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray,
-                                                                              np.ndarray]:
+def make_qkx3_quants(x: np.ndarray, weights: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """ggml's ``make_qkx3_quants(n, nmax, x, weights, L, &the_min, Laux, -0.9f, 0.05f, 36, false)``.
 
     The asymmetric search ``x ≈ scale·L - the_min`` with 37 trial scales, each followed by the weighted
@@ -91,7 +98,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, weights: np.ndarray) -> tuple[np.nd
     """
     f32 = np.float32
     top = np.zeros(x.shape[1], dtype=np.float32)
-    for value in x:                                     # C's MAX(max, x[i]): a NaN x[i] is taken
+    for value in x:  # C's MAX(max, x[i]): a NaN x[i] is taken
         top = np.where(top > value, top, value)
     all_zero = top < GROUP_MAX_EPS
 
@@ -127,15 +134,20 @@ def _refine_one_level_at_a_time(x, weights, nmax, L, sumlx, suml2, searching):
         changed = np.zeros_like(searching)
         for i in range(len(x)):
             w, xi, old = weights[i], x[i], L[i].astype(np.float32)
-            slx = sumlx - w * xi * old                     # the sums without element i
+            slx = sumlx - w * xi * old  # the sums without element i
             sl2 = suml2 - w * old * old
             with np.errstate(all="ignore"):
                 new_l = np.minimum(nmax, nearest_int(xi * sl2 / slx))
             new = new_l.astype(np.float32)
             new_slx = slx + w * xi * new
             new_sl2 = sl2 + w * new * new
-            keep = (searching & (slx > 0) & (sl2 > 0) & (new_l != L[i])
-                    & (new_slx * new_slx * suml2 > sumlx * sumlx * new_sl2))
+            keep = (
+                searching
+                & (slx > 0)
+                & (sl2 > 0)
+                & (new_l != L[i])
+                & (new_slx * new_slx * suml2 > sumlx * sumlx * new_sl2)
+            )
             L[i] = np.where(keep, new_l & 0xFF, L[i])
             sumlx = np.where(keep, new_slx, sumlx)
             suml2 = np.where(keep, new_sl2, suml2)

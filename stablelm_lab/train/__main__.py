@@ -22,21 +22,24 @@ import numpy as np
 import torch
 
 from .. import StableLM, generate, load_tokenizer
-from ..default_model import DATA_DIR, MODEL_NAME
+from ..container.default_model import DATA_DIR, MODEL_NAME
+from ..mixes.quantize_file import quantize_gguf
 from . import corpus, evaluate
 from .corpus import Document
 from .export import write_gguf
 from .trainer import QUICK, Batches, Settings, fresh_model, timed, train
 
-VARIANTS = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]    # what the notebooks open besides F16
+VARIANTS = ["Q8_0", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]  # what the notebooks open besides F16
 PROMPTS = {
     "code": 'def read_lines(path):\n    """Return the lines of the file at *path*."""\n',
     "english": "The while statement is used for",
 }
 CONTINUATION_TOKENS = 48
 SAMPLING = {"temperature": 0.8, "top_p": 0.95, "seed": 0}
-DESCRIPTION = ("A tiny StableLM-3B-4E1T-shaped model trained by stablelm-lab on the Python standard library "
-               "(PSF License); for learning, not for use.")
+DESCRIPTION = (
+    "A tiny StableLM-3B-4E1T-shaped model trained by stablelm-lab on the Python standard library "
+    "(PSF License); for learning, not for use."
+)
 
 
 def main(argv=None) -> None:
@@ -50,8 +53,7 @@ def main(argv=None) -> None:
     f16 = out / f"{MODEL_NAME}.F16.gguf"
     if not args.skip_training:
         train_and_write(documents, settings, out, f16)
-    results = evaluation(f16, corpus.split(documents)[1], (out / "heldout.txt").read_text(encoding="utf-8"),
-                         settings)
+    results = evaluation(f16, corpus.split(documents)[1], (out / "heldout.txt").read_text(encoding="utf-8"), settings)
     results["training"] = {"settings": dataclasses.asdict(settings), **last_log_row(out / "training_log.tsv")}
     write_json(out / "evaluation.json", results)
     if not args.no_variants:
@@ -63,8 +65,10 @@ def main(argv=None) -> None:
 def train_and_write(documents: list[Document], settings: Settings, out: Path, f16: Path) -> None:
     """Tokenizer, training, the F16 GGUF, the held-out text and the run's facts, into ``out``."""
     training, held_out = corpus.split(documents)
-    say(f"corpus: {len(training)} documents for training, {len(held_out)} held out "
-        f"(sha256 {corpus.fingerprint(documents)[:16]})")
+    say(
+        f"corpus: {len(training)} documents for training, {len(held_out)} held out "
+        f"(sha256 {corpus.fingerprint(documents)[:16]})"
+    )
     tokenizer = corpus.train_tokenizer(training, settings.n_vocab)
     code, english = token_streams(tokenizer, training)
     say(f"tokens: {len(code):,} of code, {len(english):,} of English")
@@ -88,8 +92,9 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="a smoke run: 20 small training steps (needs --out)")
     p.add_argument("--seed", type=int, help="another seed than the default")
     p.add_argument("--no-variants", action="store_true", help="skip the quantized mixes")
-    p.add_argument("--skip-training", action="store_true",
-                   help="keep the F16 model in --out; evaluate it and remake the mixes")
+    p.add_argument(
+        "--skip-training", action="store_true", help="keep the F16 model in --out; evaluate it and remake the mixes"
+    )
     args = p.parse_args(argv)
     if args.out is None:
         if args.quick:
@@ -133,14 +138,18 @@ def evaluation(path: Path, held_out: list[Document], heldout_text: str, settings
     torch.set_num_threads(settings.threads)
     model, tok = StableLM.from_gguf(path), load_tokenizer(path)
     english_text = "\n\n".join(d.text.strip("\n") for d in held_out if d.english) + "\n"
-    first_window = tok.encode(heldout_text).ids[:settings.n_ctx]
+    first_window = tok.encode(heldout_text).ids[: settings.n_ctx]
     first_copy, second_copy = evaluate.repeat_loss_drop(model)
     return {
         "held_out_bytes": len(heldout_text.encode()),
-        "bits_per_byte": {"model": round(evaluate.bits_per_byte(model, tok, heldout_text), 4),
-                          "gzip -9": round(evaluate.gzip_bits_per_byte(heldout_text), 4)},
-        "english_bits_per_byte": {"model": round(evaluate.bits_per_byte(model, tok, english_text), 4),
-                                  "gzip -9": round(evaluate.gzip_bits_per_byte(english_text), 4)},
+        "bits_per_byte": {
+            "model": round(evaluate.bits_per_byte(model, tok, heldout_text), 4),
+            "gzip -9": round(evaluate.gzip_bits_per_byte(heldout_text), 4),
+        },
+        "english_bits_per_byte": {
+            "model": round(evaluate.bits_per_byte(model, tok, english_text), 4),
+            "gzip -9": round(evaluate.gzip_bits_per_byte(english_text), 4),
+        },
         "previous_token_scores": rounded(evaluate.previous_token_scores(model, first_window)),
         "induction_scores": rounded(evaluate.induction_scores(model)),
         "repeated_random_tokens_loss": {"first copy": round(first_copy, 3), "second copy": round(second_copy, 3)},
@@ -166,8 +175,6 @@ def rounded(scores: np.ndarray) -> list[list[float]]:
 def make_variants(f16: Path, out: Path) -> dict:
     """The quantized mixes, made by the package's twin of llama-quantize: their sizes in bytes.
     (How much each costs in quality: the quant-error notebook and ``stablelm-lab compare``.)"""
-    from ..quantize_file import quantize_gguf
-
     sizes = {"F16": f16.stat().st_size}
     for mix in VARIANTS:
         path = out / f"{MODEL_NAME}.{mix}.gguf"
@@ -178,9 +185,14 @@ def make_variants(f16: Path, out: Path) -> dict:
 
 def run_facts(documents, seconds: float) -> dict:
     """What differs from machine to machine: kept apart from the files that must reproduce exactly."""
-    return {"training_seconds": round(seconds, 1), "python": platform.python_version(),
-            "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor(),
-            "corpus_sha256": corpus.fingerprint(documents)}
+    return {
+        "training_seconds": round(seconds, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "corpus_sha256": corpus.fingerprint(documents),
+    }
 
 
 if __name__ == "__main__":

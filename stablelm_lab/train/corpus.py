@@ -14,15 +14,17 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
 # 1 in 40 code files and 1 in 6 reference topics are held out, chosen by a hash of the name (stable as
 # files come and go): about 350 KB of code and 50 KB of English
-HELD_OUT_EVERY = {False: 40, True: 6}   # english? -> every how many
+HELD_OUT_EVERY = {False: 40, True: 6}  # english? -> every how many
 SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "encodings", "pydoc_data", "__pycache__"}
 
 
 @dataclass(frozen=True)
 class Document:
-    name: str           # "asyncio/events.py" or "topics/assert"
+    name: str  # "asyncio/events.py" or "topics/assert"
     text: str
     english: bool
 
@@ -34,8 +36,11 @@ class Document:
 def stdlib_documents(stdlib: Path | None = None) -> list[Document]:
     """Every document of the corpus, sorted by name (the order never depends on the file system)."""
     root = Path(stdlib or sysconfig.get_paths()["stdlib"])
-    code = [Document(path.relative_to(root).as_posix(), path.read_text(encoding="utf-8"), english=False)
-            for path in sorted(root.rglob("*.py")) if _is_source(path.relative_to(root))]
+    code = [
+        Document(path.relative_to(root).as_posix(), path.read_text(encoding="utf-8"), english=False)
+        for path in sorted(root.rglob("*.py"))
+        if _is_source(path.relative_to(root))
+    ]
     return code + reference_topics()
 
 
@@ -68,8 +73,8 @@ def fingerprint(documents: list[Document]) -> str:
 
 
 # ---- tokens: a byte-level BPE in the GPT-NeoX style ------------------------------------------------
-SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]          # ids 0 and 1, as in GPT-NeoX-20B
-WHITESPACE_RUNS = [" " * n for n in range(24, 1, -1)]      # GPT-NeoX's added tokens: 24 spaces down to 2
+SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]  # ids 0 and 1, as in GPT-NeoX-20B
+WHITESPACE_RUNS = [" " * n for n in range(24, 1, -1)]  # GPT-NeoX's added tokens: 24 spaces down to 2
 
 
 def train_tokenizer(documents: list[Document], vocab_size: int):
@@ -80,14 +85,16 @@ def train_tokenizer(documents: list[Document], vocab_size: int):
     As in GPT-NeoX, BPE has also learned a few merges of spaces ("ĠĠ") that the added runs now shadow:
     added tokens are matched before BPE sees the text.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - len(WHITESPACE_RUNS), special_tokens=SPECIAL_TOKENS,
-                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - len(WHITESPACE_RUNS),
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator((d.text for d in documents), trainer=trainer)
     tok.add_tokens([AddedToken(ws, normalized=True, special=False) for ws in WHITESPACE_RUNS])
     return tok

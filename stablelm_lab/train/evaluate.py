@@ -26,15 +26,16 @@ def bits_per_byte(model, tokenizer, text: str, batch_size: int = 8) -> float:
     bos = tokenizer.token_to_id("<|endoftext|>")
     ids = tokenizer.encode(text).ids
     span = model.config.n_ctx - 1
-    windows = [[bos] + ids[i:i + span] for i in range(0, len(ids), span)]
+    windows = [[bos] + ids[i : i + span] for i in range(0, len(ids), span)]
     nats = 0.0
     for start in range(0, len(windows), batch_size):
-        batch = windows[start:start + batch_size]
-        for length in sorted({len(w) for w in batch}):   # the last window is shorter
+        batch = windows[start : start + batch_size]
+        for length in sorted({len(w) for w in batch}):  # the last window is shorter
             same = torch.tensor([w for w in batch if len(w) == length])
             logits = model(same[:, :-1]).cpu()
-            nats += F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), same[:, 1:].reshape(-1),
-                                    reduction="sum").item()
+            nats += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), same[:, 1:].reshape(-1), reduction="sum"
+            ).item()
     return nats / math.log(2) / len(text.encode("utf-8"))
 
 
@@ -48,7 +49,7 @@ def gzip_bits_per_byte(text: str) -> float:
 @torch.no_grad()
 def previous_token_scores(model, ids: list[int]) -> np.ndarray:
     """(n_layer, n_head): mean attention of each position t ≥ 1 to position t - 1."""
-    probs = attention(model, ids)                                 # (n_layer, nh, T, T)
+    probs = attention(model, ids)  # (n_layer, nh, T, T)
     T = probs.shape[-1]
     t = torch.arange(1, T)
     return probs[:, :, t, t - 1].mean(-1).numpy()
@@ -60,10 +61,10 @@ def induction_scores(model, length: int = 64, seed: int = 0, bos: int = 0) -> np
     token after its first occurrence. A random sequence has no meaning to predict from, so only a
     head that copies from earlier context can score high; a previous-token head scores ~0."""
     ids = repeated_random_tokens(model.config.n_vocab, length, seed, bos)
-    probs = attention(model, ids)                                 # (n_layer, nh, T, T)
+    probs = attention(model, ids)  # (n_layer, nh, T, T)
     j = torch.arange(length - 1)
-    query = 1 + length + j                                        # r_j in the second copy
-    key = 1 + j + 1                                               # r_{j+1} in the first copy
+    query = 1 + length + j  # r_j in the second copy
+    key = 1 + j + 1  # r_{j+1} in the first copy
     return probs[:, :, query, key].mean(-1).numpy()
 
 
@@ -88,4 +89,4 @@ def repeat_loss_drop(model, length: int = 64, seed: int = 0, bos: int = 0) -> tu
     ids = torch.tensor(repeated_random_tokens(model.config.n_vocab, length, seed, bos))
     logits = model(ids[:-1])[0].cpu()
     losses = F.cross_entropy(logits.float(), ids[1:], reduction="none")
-    return losses[1:length].mean().item(), losses[length + 1:].mean().item()
+    return losses[1:length].mean().item(), losses[length + 1 :].mean().item()

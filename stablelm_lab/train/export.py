@@ -78,7 +78,7 @@ def add_tokenizer(writer: GGUFWriter, tok, n_vocab: int) -> None:
             types.append(TokenType.NORMAL)
     merges = json.loads(tok.to_str())["model"]["merges"]
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("olmo")   # the converter's name for GPT-NeoX-20B's pre-tokenizer
+    writer.add_tokenizer_pre("olmo")  # the converter's name for GPT-NeoX-20B's pre-tokenizer
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
@@ -87,4 +87,4 @@ def add_tokenizer(writer: GGUFWriter, tok, n_vocab: int) -> None:
     writer.add_eos_token_id(end_of_text)
     writer.add_unk_token_id(end_of_text)
     writer.add_pad_token_id(vocab["<|padding|>"])
-    writer.add_add_bos_token(False)    # GPT-NeoX's tokenizer adds no BOS; say so, whatever a reader's default
+    writer.add_add_bos_token(False)  # GPT-NeoX's tokenizer adds no BOS; say so, whatever a reader's default

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from torch import nn
+from tqdm.auto import tqdm
 
-from ..config import StableLMConfig
 from ..model import StableLM
+from ..model.config import StableLMConfig
 from ..model.loading import weight_slots
 
 
@@ -35,30 +36,38 @@ class Settings:
     n_vocab: int = 4096
     n_embd: int = 256
     n_layer: int = 4
-    n_head: int = 4                   # head_dim 64; rotary on the first 16 dims (25%, as in the 3B)
+    n_head: int = 4  # head_dim 64; rotary on the first 16 dims (25%, as in the 3B)
     n_ff: int = 768
     n_ctx: int = 256
     # optimization
-    batch_size: int = 16              # sequences of n_ctx tokens per step
+    batch_size: int = 16  # sequences of n_ctx tokens per step
     steps: int = 1500
     lr: float = 2e-3
     warmup_steps: int = 50
-    final_lr_fraction: float = 0.3    # cosine decay down to lr * this
+    final_lr_fraction: float = 0.3  # cosine decay down to lr * this
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    english_fraction: float = 0.1     # share of sequences drawn from the English reference text
-    repeat_fraction: float = 0.2      # share of sequences that are a snippet repeated (see Batches)
+    english_fraction: float = 0.1  # share of sequences drawn from the English reference text
+    repeat_fraction: float = 0.2  # share of sequences that are a snippet repeated (see Batches)
     threads: int = 2
     log_every: int = 10
 
     def config(self) -> StableLMConfig:
         head_dim = self.n_embd // self.n_head
-        return StableLMConfig(n_vocab=self.n_vocab, n_embd=self.n_embd, n_layer=self.n_layer,
-                              n_head=self.n_head, n_head_kv=self.n_head, n_ff=self.n_ff, n_ctx=self.n_ctx,
-                              n_rot=head_dim // 4, norm_eps=1e-5)
+        return StableLMConfig(
+            n_vocab=self.n_vocab,
+            n_embd=self.n_embd,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            n_head_kv=self.n_head,
+            n_ff=self.n_ff,
+            n_ctx=self.n_ctx,
+            n_rot=head_dim // 4,
+            norm_eps=1e-5,
+        )
 
 
-QUICK = Settings(steps=20, batch_size=4, warmup_steps=5, log_every=5)   # a smoke run: seconds of training
+QUICK = Settings(steps=20, batch_size=4, warmup_steps=5, log_every=5)  # a smoke run: seconds of training
 
 
 # ---- fresh weights -------------------------------------------------------------------------------
@@ -103,7 +112,7 @@ class Batches:
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs, targets), each (batch_size, n_ctx): the targets are the inputs shifted by one."""
-        window = torch.stack([self.row() for _ in range(self.settings.batch_size)])    # (B, n_ctx + 1)
+        window = torch.stack([self.row() for _ in range(self.settings.batch_size)])  # (B, n_ctx + 1)
         return window[:, :-1], window[:, 1:]
 
     def row(self) -> torch.Tensor:
@@ -113,8 +122,8 @@ class Batches:
         length = int(torch.randint(16, s.n_ctx // 2 + 1, (1,), generator=g)) if repeat else s.n_ctx + 1
         stream = self.streams[int(english)]
         start = int(torch.randint(len(stream) - length, (1,), generator=g))
-        snippet = stream[start:start + length]
-        return snippet.repeat(-(-(s.n_ctx + 1) // length))[:s.n_ctx + 1]
+        snippet = stream[start : start + length]
+        return snippet.repeat(-(-(s.n_ctx + 1) // length))[: s.n_ctx + 1]
 
 
 # ---- the loop --------------------------------------------------------------------------------------
@@ -138,8 +147,6 @@ def optimizer(model: StableLM, s: Settings) -> torch.optim.AdamW:
 def train(model: StableLM, batches: Batches, s: Settings, log=None, progress: bool = True) -> list[dict]:
     """Run s.steps optimizer steps; every s.log_every steps append a row (step, tokens, loss, lr) to the
     returned log and write it to ``log`` (an open text file) as a tab-separated line."""
-    from tqdm.auto import tqdm
-
     torch.set_num_threads(s.threads)
     torch.use_deterministic_algorithms(True)
     opt = optimizer(model, s)
@@ -153,7 +160,7 @@ def train(model: StableLM, batches: Batches, s: Settings, log=None, progress: bo
         for group in opt.param_groups:
             group["lr"] = lr
         x, y = batches.next()
-        logits = model(x)                                                 # (B, n_ctx, n_vocab)
+        logits = model(x)  # (B, n_ctx, n_vocab)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -161,8 +168,12 @@ def train(model: StableLM, batches: Batches, s: Settings, log=None, progress: bo
         opt.step()
         losses.append(loss.item())
         if (step + 1) % s.log_every == 0 or step + 1 == s.steps:
-            row = {"step": step + 1, "tokens": (step + 1) * s.batch_size * s.n_ctx,
-                   "loss": float(np.mean(losses)), "lr": lr}
+            row = {
+                "step": step + 1,
+                "tokens": (step + 1) * s.batch_size * s.n_ctx,
+                "loss": float(np.mean(losses)),
+                "lr": lr,
+            }
             rows.append(row)
             losses = []
             bar.set_postfix(loss=f"{row['loss']:.3f}")

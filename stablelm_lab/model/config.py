@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .gguf_file import GGUFError
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from ..container.gguf_file import GGUFError, TensorInfo
 
 ARCH = "stablelm"
 ROPE_BASE_DEFAULT = 10000.0  # llama.cpp's default when rope.freq_base is absent
@@ -18,19 +20,19 @@ ROPE_BASE_DEFAULT = 10000.0  # llama.cpp's default when rope.freq_base is absent
 
 @dataclass(frozen=True)
 class StableLMConfig:
-    n_vocab: int                # rows of token_embd (the padded vocabulary: 50304 for 3B-4E1T)
-    n_embd: int                 # width of the residual stream
+    n_vocab: int  # rows of token_embd (the padded vocabulary: 50304 for 3B-4E1T)
+    n_embd: int  # width of the residual stream
     n_layer: int
     n_head: int
-    n_head_kv: int              # < n_head: grouped-query attention, each KV head serves n_head/n_head_kv heads
-    n_ff: int                   # width of the SwiGLU hidden layer
-    n_ctx: int                  # context length the model was trained for
-    n_rot: int                  # rotary embedding acts on the first n_rot dims of each head
+    n_head_kv: int  # < n_head: grouped-query attention, each KV head serves n_head/n_head_kv heads
+    n_ff: int  # width of the SwiGLU hidden layer
+    n_ctx: int  # context length the model was trained for
+    n_rot: int  # rotary embedding acts on the first n_rot dims of each head
     norm_eps: float = 1e-5
     rope_base: float = ROPE_BASE_DEFAULT
     parallel_residual: bool = False  # True: attention and MLP both read attn_norm(x) (no ffn_norm tensors)
     qkv_bias: bool = False
-    qk_norm: bool = False       # per-head LayerNorm (weight only) on q and k, before rotary
+    qk_norm: bool = False  # per-head LayerNorm (weight only) on q and k, before rotary
 
     @property
     def head_dim(self) -> int:
@@ -41,14 +43,13 @@ class StableLMConfig:
         return self.n_rot / self.head_dim
 
     @classmethod
-    def from_gguf(cls, gguf_file) -> "StableLMConfig":
+    def from_gguf(cls, gguf_file) -> StableLMConfig:
         """Read the config of a ``GGUFFile``; a GGUFError when it does not hold a StableLM model, or when
         the keys contradict each other or the tensor table (checked before any module is built from them)."""
         path, meta = gguf_file.path, gguf_file.metadata
         arch = meta.get("general.architecture")
         if arch != ARCH:
-            raise GGUFError(f"{path} holds a {arch!r} model, not a StableLM "
-                            f"(general.architecture must be {ARCH!r})")
+            raise GGUFError(f"{path} holds a {arch!r} model, not a StableLM (general.architecture must be {ARCH!r})")
 
         def key(name, default=None):
             value = meta.get(f"{ARCH}.{name}", default)
@@ -88,17 +89,27 @@ class StableLMConfig:
     def check(self, path: str, embd_width: int, blocks: set[int]) -> None:
         """The keys agree with each other and with the tensor table (a GGUFError says which do not)."""
         problems = [
-            (self.n_embd != embd_width,
-             f"{ARCH}.embedding_length is {self.n_embd}, but token_embd.weight rows have {embd_width} weights"),
-            (self.n_embd % self.n_head != 0,
-             f"{ARCH}.embedding_length {self.n_embd} is not a multiple of the head count {self.n_head}"),
-            (self.n_head % self.n_head_kv != 0,
-             f"the head count {self.n_head} is not a multiple of the KV head count {self.n_head_kv}"),
-            (self.n_rot % 2 != 0 or self.n_rot > self.n_embd // self.n_head,
-             f"{ARCH}.rope.dimension_count is {self.n_rot}: rotary needs an even count no larger than "
-             f"the head size {self.n_embd // self.n_head}"),
-            (self.n_layer > len(blocks),  # so a corrupt count builds no more blocks than the file has
-             f"{ARCH}.block_count is {self.n_layer}, but the tensor table only has {_ranges(blocks)}"),
+            (
+                self.n_embd != embd_width,
+                f"{ARCH}.embedding_length is {self.n_embd}, but token_embd.weight rows have {embd_width} weights",
+            ),
+            (
+                self.n_embd % self.n_head != 0,
+                f"{ARCH}.embedding_length {self.n_embd} is not a multiple of the head count {self.n_head}",
+            ),
+            (
+                self.n_head % self.n_head_kv != 0,
+                f"the head count {self.n_head} is not a multiple of the KV head count {self.n_head_kv}",
+            ),
+            (
+                self.n_rot % 2 != 0 or self.n_rot > self.n_embd // self.n_head,
+                f"{ARCH}.rope.dimension_count is {self.n_rot}: rotary needs an even count no larger than "
+                f"the head size {self.n_embd // self.n_head}",
+            ),
+            (
+                self.n_layer > len(blocks),  # so a corrupt count builds no more blocks than the file has
+                f"{ARCH}.block_count is {self.n_layer}, but the tensor table only has {_ranges(blocks)}",
+            ),
         ]
         for failed, problem in problems:
             if failed:
@@ -138,8 +149,18 @@ def _ranges(numbers: set[int]) -> str:
 
 #: StableLM-3B-4E1T as released (stabilityai/stablelm-3b-4e1t's config.json, which transformers' StableLmConfig
 #: takes as its defaults): the shape the workbook teaches, for when no 3B file is at hand.
-STABLELM_3B_4E1T = StableLMConfig(n_vocab=50304, n_embd=2560, n_layer=32, n_head=32, n_head_kv=32, n_ff=6912,
-                                  n_ctx=4096, n_rot=20, norm_eps=1e-5, rope_base=10000.0)
+STABLELM_3B_4E1T = StableLMConfig(
+    n_vocab=50304,
+    n_embd=2560,
+    n_layer=32,
+    n_head=32,
+    n_head_kv=32,
+    n_ff=6912,
+    n_ctx=4096,
+    n_rot=20,
+    norm_eps=1e-5,
+    rope_base=10000.0,
+)
 
 
 def tensor_table(config: StableLMConfig, matrix_type=None, alignment: int = 32) -> list:
@@ -148,10 +169,6 @@ def tensor_table(config: StableLMConfig, matrix_type=None, alignment: int = 32) 
 
         sum(t.n_elements for t in tensor_table(STABLELM_3B_4E1T))   # 2,795,443,200 weights
     """
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
-    from .gguf_file import TensorInfo
-
     matrix_type = GGMLQuantizationType.F16 if matrix_type is None else matrix_type
     c, infos, offset = config, [], 0
 

@@ -19,8 +19,8 @@ from pathlib import Path
 ENV_VAR = "STABLELM_GGUF"
 MODEL_NAME = "tiny-stablelm"
 DEFAULT_VARIANT = "F16"
-CHECKOUT_DATA = Path(__file__).resolve().parent.parent / "data"
-INSTALLED_DATA = "share/stablelm-lab/data"        # where pyproject's data-files puts data/ in an install
+CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "data"
+INSTALLED_DATA = "share/stablelm-lab/data"  # where pyproject's data-files puts data/ in an install
 
 
 def find_data_dir() -> Path:
@@ -50,8 +50,10 @@ def default_gguf() -> Path:
         path = Path(override).expanduser()
         if not path.is_file():
             what = "a directory, not a file" if path.is_dir() else "no file"
-            raise FileNotFoundError(f"{ENV_VAR}={override!r} names {what}; point it at a .gguf file "
-                                    f"or unset it to use the embedded default ({embedded_gguf()})")
+            raise FileNotFoundError(
+                f"{ENV_VAR}={override!r} names {what}; point it at a .gguf file "
+                f"or unset it to use the embedded default ({embedded_gguf()})"
+            )
         return path
     return embedded_gguf()
 
@@ -61,15 +63,16 @@ def embedded_gguf(variant: str = DEFAULT_VARIANT) -> Path:
     path = DATA_DIR / f"{MODEL_NAME}.{variant.upper()}.gguf"
     if not path.is_file():
         shipped = ", ".join(embedded_variants()) or "none"
-        raise FileNotFoundError(f"{path} does not exist (variants in {DATA_DIR}: {shipped}); "
-                                f"`python -m stablelm_lab.train` rebuilds them")
+        raise FileNotFoundError(
+            f"{path} does not exist (variants in {DATA_DIR}: {shipped}); `python -m stablelm_lab.train` rebuilds them"
+        )
     return path
 
 
 def embedded_variants() -> list[str]:
     """The variants data/ holds, the unquantized one first, then from most to fewest bytes."""
     files = sorted(DATA_DIR.glob(f"{MODEL_NAME}.*.gguf"), key=lambda p: -p.stat().st_size)
-    return [p.name[len(MODEL_NAME) + 1:-len(".gguf")] for p in files]
+    return [p.name[len(MODEL_NAME) + 1 : -len(".gguf")] for p in files]
 
 
 def held_out_text() -> str:

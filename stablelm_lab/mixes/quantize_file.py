@@ -9,7 +9,7 @@ What llama-quantize writes (llama_model_quantize_impl in llama.cpp's src/llama-q
    output_norm.*, token_embd.weight: sorted by name), then block 0, 1, ... each sorted by name;
 3. each tensor's bytes: copied when its type stays (norms, biases), else decoded to float32 and encoded
    with the reference quantizer of its new type (``stablelm_lab.quants``), row by row.
-The type of each tensor comes from ``stablelm_lab.mixes``. Done this way the output is the very file
+The type of each tensor comes from ``stablelm_lab.mixes.rules``. Done this way the output is the very file
 llama-quantize writes, byte for byte (tests/test_quantize_file.py checks it against llama.cpp's).
 """
 
@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFValueType, GGUFWriter, Keys
+from tqdm.auto import tqdm
 
-from . import quants
-from .gguf_file import GGUFError, GGUFFile
-from .mixes import Mix, TensorChoice, explain_mix, get_mix, tensor_role
+from .. import quants
+from ..container.gguf_file import GGUFError, GGUFFile
+from .rules import Mix, TensorChoice, explain_mix, get_mix, tensor_role
 
-GGML_QNT_VERSION = 2                  # general.quantization_version that llama.cpp writes
-CHUNK_WEIGHTS = 1 << 18               # weights decoded and re-encoded per step, to bound memory
-PROGRESS_BAR_WEIGHTS = 32 << 20       # show a progress bar for models larger than this
+GGML_QNT_VERSION = 2  # general.quantization_version that llama.cpp writes
+CHUNK_WEIGHTS = 1 << 18  # weights decoded and re-encoded per step, to bound memory
+PROGRESS_BAR_WEIGHTS = 32 << 20  # show a progress bar for models larger than this
 UNQUANTIZED = {quants.get(name).qtype for name in ("F32", "F16", "BF16")}
 #: The keys llama-quantize --imatrix adds (tools/quantize/quantize.cpp, LLM_KV_QUANTIZE_IMATRIX_*).
 IMATRIX_FILE = "quantize.imatrix.file"
@@ -37,10 +38,17 @@ IMATRIX_ENTRIES = "quantize.imatrix.entries_count"
 IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 
 
-def quantize_gguf(src, dst, mix: str | Mix, allow_requantize: bool = False,
-                  progress: bool | None = None, imatrix: Mapping[str, np.ndarray] | None = None,
-                  imatrix_file: str = "", imatrix_dataset: str | None = None,
-                  imatrix_chunks: int = 0) -> list[TensorChoice]:
+def quantize_gguf(
+    src,
+    dst,
+    mix: str | Mix,
+    allow_requantize: bool = False,
+    progress: bool | None = None,
+    imatrix: Mapping[str, np.ndarray] | None = None,
+    imatrix_file: str = "",
+    imatrix_dataset: str | None = None,
+    imatrix_chunks: int = 0,
+) -> list[TensorChoice]:
     """Write ``dst``: the StableLM GGUF ``src`` quantized with ``mix`` ("Q4_K_M", ...). Returns, for
     every tensor in the order written, the type it got and the rule that chose it.
 
@@ -85,9 +93,11 @@ def llama_order(name: str) -> tuple[int, str]:
 def _check_requantize(choices: list[TensorChoice], allow_requantize: bool) -> None:
     for c in choices:
         if c.qtype != c.source_type and c.source_type not in UNQUANTIZED and not allow_requantize:
-            raise GGUFError(f"{c.name} is already {c.source_type.name}: requantizing from a quantized type "
-                            f"compounds two rounding errors; start from an F16/F32 file, or allow it "
-                            f"explicitly (allow_requantize=True, --allow-requantize)")
+            raise GGUFError(
+                f"{c.name} is already {c.source_type.name}: requantizing from a quantized type "
+                f"compounds two rounding errors; start from an F16/F32 file, or allow it "
+                f"explicitly (allow_requantize=True, --allow-requantize)"
+            )
 
 
 def _check_imatrix(imatrix: Mapping[str, np.ndarray] | None, choices: list[TensorChoice]) -> dict:
@@ -105,8 +115,9 @@ def _check_imatrix(imatrix: Mapping[str, np.ndarray] | None, choices: list[Tenso
         if values.shape == (c.shape[-1],):
             importance[c.name] = values
         elif c.name != "token_embd.weight":
-            raise ValueError(f"the imatrix entry for {c.name} has {values.size} values; the tensor has "
-                             f"{c.shape[-1]} columns")
+            raise ValueError(
+                f"the imatrix entry for {c.name} has {values.size} values; the tensor has {c.shape[-1]} columns"
+            )
     return importance
 
 
@@ -123,8 +134,15 @@ def _imatrix_metadata(imatrix, file: str, dataset: str | None, chunks: int) -> l
     return keys
 
 
-def _write(g: GGUFFile, path: Path, choices: list[TensorChoice], mix: Mix, progress: bool | None,
-           importance: dict, provenance: list) -> None:
+def _write(
+    g: GGUFFile,
+    path: Path,
+    choices: list[TensorChoice],
+    mix: Mix,
+    progress: bool | None,
+    importance: dict,
+    provenance: list,
+) -> None:
     writer = GGUFWriter(path, g.architecture)
     try:
         _copy_metadata(g, writer, {key for key, _, _ in provenance})
@@ -162,7 +180,7 @@ def convert(g: GGUFFile, choice: TensorChoice, bar=None, importance: np.ndarray 
     """The tensor's bytes in its new type: the source bytes when the type stays, else decoded to float32
     and re-encoded, a chunk of rows at a time (weighted by ``importance``, one value per column, if given)."""
     raw = g.raw(choice.name)
-    raw = raw.reshape(-1, raw.shape[-1])                                          # (rows, source bytes)
+    raw = raw.reshape(-1, raw.shape[-1])  # (rows, source bytes)
     if choice.qtype == choice.source_type:
         _advance(bar, choice.n_elements)
         return np.ascontiguousarray(raw)
@@ -171,8 +189,8 @@ def convert(g: GGUFFile, choice: TensorChoice, bar=None, importance: np.ndarray 
     out = np.empty((len(raw), n_cols // target.block_size * target.type_size), dtype=np.uint8)
     step = max(1, CHUNK_WEIGHTS // n_cols)
     for start in range(0, len(raw), step):
-        weights = source.dequantize(raw[start:start + step])                     # (rows, n_cols) float32
-        out[start:start + step] = target.quantize(weights, imatrix=importance)
+        weights = source.dequantize(raw[start : start + step])  # (rows, n_cols) float32
+        out[start : start + step] = target.quantize(weights, imatrix=importance)
         _advance(bar, weights.size)
     return out
 
@@ -183,8 +201,6 @@ def _advance(bar, n: int) -> None:
 
 
 def _progress_bar(choices: list[TensorChoice], mix: Mix, progress: bool | None):
-    from tqdm.auto import tqdm
-
     total = sum(c.n_elements for c in choices)
     show = total > PROGRESS_BAR_WEIGHTS if progress is None else progress
     return tqdm(total=total, unit="w", unit_scale=True, desc=f"quantizing to {mix.name}", disable=not show)

@@ -22,34 +22,39 @@ import os
 import re
 from dataclasses import dataclass
 
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, LlamaFileType
+from gguf import GGML_QUANT_SIZES, LlamaFileType
+from gguf import GGMLQuantizationType as T
 
-from .gguf_file import GGUFFile, TensorInfo
+from ..container.gguf_file import GGUFFile, TensorInfo
+from ..model.config import StableLMConfig
 
 
 @dataclass(frozen=True)
 class Mix:
-    name: str                    # as llama-quantize spells it: "Q4_K_M"
-    file_type: LlamaFileType     # what the output's general.file_type says
-    base: T                      # the type every matrix starts from
+    name: str  # as llama-quantize spells it: "Q4_K_M"
+    file_type: LlamaFileType  # what the output's general.file_type says
+    base: T  # the type every matrix starts from
 
 
-MIXES: dict[str, Mix] = {m.name: m for m in [
-    Mix("Q4_0", LlamaFileType.MOSTLY_Q4_0, T.Q4_0),
-    Mix("Q4_1", LlamaFileType.MOSTLY_Q4_1, T.Q4_1),
-    Mix("Q5_0", LlamaFileType.MOSTLY_Q5_0, T.Q5_0),
-    Mix("Q5_1", LlamaFileType.MOSTLY_Q5_1, T.Q5_1),
-    Mix("Q8_0", LlamaFileType.MOSTLY_Q8_0, T.Q8_0),
-    Mix("Q2_K", LlamaFileType.MOSTLY_Q2_K, T.Q2_K),
-    Mix("Q3_K_S", LlamaFileType.MOSTLY_Q3_K_S, T.Q3_K),
-    Mix("Q3_K_M", LlamaFileType.MOSTLY_Q3_K_M, T.Q3_K),
-    Mix("Q3_K_L", LlamaFileType.MOSTLY_Q3_K_L, T.Q3_K),
-    Mix("Q4_K_S", LlamaFileType.MOSTLY_Q4_K_S, T.Q4_K),
-    Mix("Q4_K_M", LlamaFileType.MOSTLY_Q4_K_M, T.Q4_K),
-    Mix("Q5_K_S", LlamaFileType.MOSTLY_Q5_K_S, T.Q5_K),
-    Mix("Q5_K_M", LlamaFileType.MOSTLY_Q5_K_M, T.Q5_K),
-    Mix("Q6_K", LlamaFileType.MOSTLY_Q6_K, T.Q6_K),
-]}
+MIXES: dict[str, Mix] = {
+    m.name: m
+    for m in [
+        Mix("Q4_0", LlamaFileType.MOSTLY_Q4_0, T.Q4_0),
+        Mix("Q4_1", LlamaFileType.MOSTLY_Q4_1, T.Q4_1),
+        Mix("Q5_0", LlamaFileType.MOSTLY_Q5_0, T.Q5_0),
+        Mix("Q5_1", LlamaFileType.MOSTLY_Q5_1, T.Q5_1),
+        Mix("Q8_0", LlamaFileType.MOSTLY_Q8_0, T.Q8_0),
+        Mix("Q2_K", LlamaFileType.MOSTLY_Q2_K, T.Q2_K),
+        Mix("Q3_K_S", LlamaFileType.MOSTLY_Q3_K_S, T.Q3_K),
+        Mix("Q3_K_M", LlamaFileType.MOSTLY_Q3_K_M, T.Q3_K),
+        Mix("Q3_K_L", LlamaFileType.MOSTLY_Q3_K_L, T.Q3_K),
+        Mix("Q4_K_S", LlamaFileType.MOSTLY_Q4_K_S, T.Q4_K),
+        Mix("Q4_K_M", LlamaFileType.MOSTLY_Q4_K_M, T.Q4_K),
+        Mix("Q5_K_S", LlamaFileType.MOSTLY_Q5_K_S, T.Q5_K),
+        Mix("Q5_K_M", LlamaFileType.MOSTLY_Q5_K_M, T.Q5_K),
+        Mix("Q6_K", LlamaFileType.MOSTLY_Q6_K, T.Q6_K),
+    ]
+}
 
 
 def get_mix(mix: str | Mix) -> Mix:
@@ -66,12 +71,12 @@ class ModelShape:
     """What the rules read about the model besides the tensor itself."""
 
     n_layer: int
-    n_gqa: int              # query heads per KV head (1 for StableLM-3B-4E1T; 4 for StableLM 2 12B)
-    has_imatrix: bool = False   # quantized with an importance matrix (llama.cpp's qs.has_imatrix)
+    n_gqa: int  # query heads per KV head (1 for StableLM-3B-4E1T; 4 for StableLM 2 12B)
+    has_imatrix: bool = False  # quantized with an importance matrix (llama.cpp's qs.has_imatrix)
 
     @classmethod
-    def of(cls, g: GGUFFile, has_imatrix: bool = False) -> "ModelShape":
-        config = g.config
+    def of(cls, g: GGUFFile, has_imatrix: bool = False) -> ModelShape:
+        config = StableLMConfig.from_gguf(g)
         return cls(n_layer=config.n_layer, n_gqa=config.n_head // config.n_head_kv, has_imatrix=has_imatrix)
 
 
@@ -80,7 +85,7 @@ class TensorChoice:
     """One tensor's fate under a mix: the type it gets and the rule that chose it."""
 
     name: str
-    shape: tuple[int, ...]       # numpy order (rows, cols)
+    shape: tuple[int, ...]  # numpy order (rows, cols)
     source_type: T
     qtype: T
     rule: str
@@ -249,5 +254,7 @@ def fallback(qtype: T, rule: str, n_cols: int) -> tuple[T, str]:
     smaller = FALLBACK.get(qtype, qtype)
     if n_cols % GGML_QUANT_SIZES[smaller][0] != 0:
         smaller = T.F16
-    return smaller, (f"{rule}; rows of {n_cols} are not whole {block_size}-weight blocks, "
-                     f"so {qtype.name} falls back to {smaller.name}")
+    return smaller, (
+        f"{rule}; rows of {n_cols} are not whole {block_size}-weight blocks, "
+        f"so {qtype.name} falls back to {smaller.name}"
+    )

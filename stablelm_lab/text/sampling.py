@@ -54,21 +54,23 @@ def top_p_filter(logits: torch.Tensor, top_p: float | None) -> torch.Tensor:
     if top_p is None or top_p >= 1.0:
         return logits
     ascending, order = torch.sort(logits, descending=False)
-    tail = ascending.softmax(dim=-1).cumsum(dim=-1)       # mass of this token and all less likely ones
+    tail = ascending.softmax(dim=-1).cumsum(dim=-1)  # mass of this token and all less likely ones
     drop_sorted = tail <= 1 - top_p
-    drop_sorted[-1] = False                               # at least one token: the most likely
+    drop_sorted[-1] = False  # at least one token: the most likely
     drop = drop_sorted.scatter(0, order, drop_sorted)
     return logits.masked_fill(drop, NEG_INF)
 
 
-def card_filter(logits: torch.Tensor, temperature: float = 0.75, top_k: int | None = 50,
-                top_p: float | None = 0.95) -> torch.Tensor:
+def card_filter(
+    logits: torch.Tensor, temperature: float = 0.75, top_k: int | None = 50, top_p: float | None = 0.95
+) -> torch.Tensor:
     """The card's generate: temperature, then top-k, then top-p (transformers' order)."""
     return top_p_filter(top_k_filter(temperature_filter(logits.float(), temperature), top_k), top_p)
 
 
-def card_probs(logits: torch.Tensor, temperature: float = 0.75, top_k: int | None = 50,
-               top_p: float | None = 0.95) -> torch.Tensor:
+def card_probs(
+    logits: torch.Tensor, temperature: float = 0.75, top_k: int | None = 50, top_p: float | None = 0.95
+) -> torch.Tensor:
     """The distribution transformers' generate draws from, with the card's settings by default."""
     return card_filter(logits, temperature, top_k, top_p).softmax(dim=-1)
 
@@ -90,9 +92,9 @@ def llama_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     descending, order = torch.sort(logits, descending=True)
     running = descending.softmax(dim=-1).cumsum(dim=-1)
     reached = running >= top_p
-    last = int(reached.nonzero()[0]) if bool(reached.any()) else len(running) - 1   # rounding: keep all
+    last = int(reached.nonzero()[0]) if bool(reached.any()) else len(running) - 1  # rounding: keep all
     drop = torch.ones_like(logits, dtype=torch.bool)
-    drop[order[:last + 1]] = False
+    drop[order[: last + 1]] = False
     return logits.masked_fill(drop, NEG_INF)
 
 
@@ -105,15 +107,17 @@ def llama_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
     return logits.masked_fill(logits < floor, NEG_INF)
 
 
-def llama_cpp_filter(logits: torch.Tensor, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                     temperature: float = 0.8) -> torch.Tensor:
+def llama_cpp_filter(
+    logits: torch.Tensor, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, temperature: float = 0.8
+) -> torch.Tensor:
     """llama.cpp's default chain: top-k, top-p, min-p on the untempered logits, temperature last."""
     kept = llama_min_p(llama_top_p(llama_top_k(logits.float(), top_k), top_p), min_p)
     return temperature_filter(kept, temperature)
 
 
-def llama_cpp_probs(logits: torch.Tensor, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                    temperature: float = 0.8) -> torch.Tensor:
+def llama_cpp_probs(
+    logits: torch.Tensor, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, temperature: float = 0.8
+) -> torch.Tensor:
     """The distribution llama_sampler_dist draws from, with llama-cli's defaults."""
     return llama_cpp_filter(logits, top_k, top_p, min_p, temperature).softmax(dim=-1)
 
@@ -123,11 +127,11 @@ def llama_cpp_probs(logits: torch.Tensor, top_k: int = 40, top_p: float = 0.95, 
 class Sampling:
     """One sampler's settings and order: ``probs(logits)`` is the distribution drawn from."""
 
-    order: str = "transformers"          # "transformers" (the card's generate) or "llama.cpp"
+    order: str = "transformers"  # "transformers" (the card's generate) or "llama.cpp"
     temperature: float = 0.75
     top_k: int | None = 50
     top_p: float = 0.95
-    min_p: float = 0.0                   # llama.cpp only
+    min_p: float = 0.0  # llama.cpp only
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         if self.order == "transformers":

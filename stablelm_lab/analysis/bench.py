@@ -1,6 +1,6 @@
 """Benchmarks that print tables, each speed a ratio against a baseline measured in the same run.
 
-    python -m stablelm_lab.bench dequant [--rows 2560 --cols 6912 --repeat 5 --formats Q4_K,Q6_K]
+    python -m stablelm_lab.analysis.bench dequant [--rows 2560 --cols 6912 --repeat 5 --formats Q4_K,Q6_K]
                                          [--rounds 3 --threads N --torch-threads N --device cuda]
 
 dequant: for each format, millions of weights per second decoded by gguf-py (the baseline), by our
@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import time
 
+import gguf
 import numpy as np
+import torch
 
-from . import quants
-from .quants import base
+from .. import quants
+from ..quants import base
 
 
 def best_seconds(fn, repeat: int, sync=lambda: None) -> float:
@@ -45,7 +47,6 @@ def copy_bandwidth(n_bytes: int = 512 << 20, repeat: int = 3) -> float:
 
 def device_copy_bandwidth(device, n_bytes: int = 2 << 30, repeat: int = 10) -> float:
     """The same for a GPU's own memory: a device-to-device copy."""
-    import torch
     src = torch.ones(n_bytes // 4, device=device)
     dst = torch.empty_like(src)
     return 2 * n_bytes / best_seconds(lambda: dst.copy_(src), repeat, device_sync(device))
@@ -53,16 +54,16 @@ def device_copy_bandwidth(device, n_bytes: int = 2 << 30, repeat: int = 10) -> f
 
 def device_sync(device):
     """A function that waits for ``device``'s queued kernels (nothing to wait for on the CPU)."""
-    import torch
     return (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else (lambda: None)
 
 
 def fresh_write_rates(n_weights: int, repeat: int) -> dict:
     """Weights per second at which a fresh float32 array of n_weights is allocated and written once:
     by numpy (which asks the kernel for huge pages) and by torch's own CPU allocator (which does not)."""
-    import torch
-    return {"numpy": n_weights / best_seconds(lambda: np.empty(n_weights, np.float32).fill(1), repeat),
-            "torch": n_weights / best_seconds(lambda: torch.empty(n_weights).fill_(1), repeat)}
+    return {
+        "numpy": n_weights / best_seconds(lambda: np.empty(n_weights, np.float32).fill(1), repeat),
+        "torch": n_weights / best_seconds(lambda: torch.empty(n_weights).fill_(1), repeat),
+    }
 
 
 def realistic_blocks(fmt, n_rows: int, n_cols: int, seed: int = 0) -> np.ndarray:
@@ -79,13 +80,11 @@ def realistic_blocks(fmt, n_rows: int, n_cols: int, seed: int = 0) -> np.ndarray
     return raw
 
 
-def bench_dequant(n_rows: int, n_cols: int, repeat: int, names: list[str],
-                  bandwidth: float | None = None, device: str = "cpu") -> list[dict]:
+def bench_dequant(
+    n_rows: int, n_cols: int, repeat: int, names: list[str], bandwidth: float | None = None, device: str = "cpu"
+) -> list[dict]:
     """One row per format: weights per second of the three decoders, the bound, and the setting. On a
     GPU ``device``, torch decodes there and the bound is that device's copy bandwidth."""
-    import gguf
-    import torch
-
     on_cpu = torch.device(device).type == "cpu"
     bandwidth = bandwidth or (copy_bandwidth() if on_cpu else device_copy_bandwidth(device))
     sync = device_sync(device)
@@ -102,10 +101,20 @@ def bench_dequant(n_rows: int, n_cols: int, repeat: int, names: list[str],
         t_torch = best_seconds(lambda: fmt.dequantize_torch(raw_t), repeat, sync)
         out = torch.empty(n_rows, n_cols, device=device)
         t_torch_out = best_seconds(lambda: fmt.dequantize_torch(raw_t, out=out), repeat, sync)
-        del out
+        out = None  # freed before the next format's buffer
         bound = bandwidth / (fmt.type_size / fmt.block_size + 4)
-        rows.append({"format": name, "gguf-py": n / t_gguf, "numpy": n / t_numpy, "torch": n / t_torch,
-                     "torch out=": n / t_torch_out, "bound": bound, "bandwidth": bandwidth, "threads": threads})
+        rows.append(
+            {
+                "format": name,
+                "gguf-py": n / t_gguf,
+                "numpy": n / t_numpy,
+                "torch": n / t_torch,
+                "torch out=": n / t_torch_out,
+                "bound": bound,
+                "bandwidth": bandwidth,
+                "threads": threads,
+            }
+        )
     return rows
 
 
@@ -122,28 +131,35 @@ def best_of_rounds(rounds: list[list[dict]]) -> list[dict]:
 
 def format_dequant_table(rows: list[dict], n_rows: int, n_cols: int, fresh: dict | None = None) -> str:
     threads, bandwidth = rows[0]["threads"], rows[0]["bandwidth"]
-    lines = [f"Dequantize a {n_rows}x{n_cols} tensor: M weights/s (best of runs), ratios to gguf-py,",
-             "and torch's share of the memory-bandwidth bound (bytes read + float32 written). torch: into a",
-             "new tensor; torch out=: into one that exists (as lean mode decodes into its reused band).",
-             f"Threads: gguf-py {threads['gguf-py']}, numpy {threads['numpy']}, torch {threads['torch']}. "
-             f"Copy bandwidth {bandwidth / 1e9:.1f} GB/s"
-             f"{'' if threads['torch'] != 'cuda' else ' (the GPU: torch decodes there, gguf-py and numpy on the CPU)'}.",
-             "",
-             "| format | gguf-py | numpy | torch | torch out= | numpy / gguf-py | torch / gguf-py "
-             "| torch / bound | torch out= / bound |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Dequantize a {n_rows}x{n_cols} tensor: M weights/s (best of runs), ratios to gguf-py,",
+        "and torch's share of the memory-bandwidth bound (bytes read + float32 written). torch: into a",
+        "new tensor; torch out=: into one that exists (as lean mode decodes into its reused band).",
+        f"Threads: gguf-py {threads['gguf-py']}, numpy {threads['numpy']}, torch {threads['torch']}. "
+        f"Copy bandwidth {bandwidth / 1e9:.1f} GB/s"
+        f"{'' if threads['torch'] != 'cuda' else ' (the GPU: torch decodes there, gguf-py and numpy on the CPU)'}.",
+        "",
+        "| format | gguf-py | numpy | torch | torch out= | numpy / gguf-py | torch / gguf-py "
+        "| torch / bound | torch out= / bound |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        lines.append(f"| {r['format']} | {r['gguf-py'] / 1e6:.0f} | {r['numpy'] / 1e6:.0f} | "
-                     f"{r['torch'] / 1e6:.0f} | {r['torch out='] / 1e6:.0f} | {r['numpy'] / r['gguf-py']:.2f}x | "
-                     f"{r['torch'] / r['gguf-py']:.2f}x | {r['torch'] / r['bound']:.0%} | "
-                     f"{r['torch out='] / r['bound']:.0%} |")
+        lines.append(
+            f"| {r['format']} | {r['gguf-py'] / 1e6:.0f} | {r['numpy'] / 1e6:.0f} | "
+            f"{r['torch'] / 1e6:.0f} | {r['torch out='] / 1e6:.0f} | {r['numpy'] / r['gguf-py']:.2f}x | "
+            f"{r['torch'] / r['gguf-py']:.2f}x | {r['torch'] / r['bound']:.0%} | "
+            f"{r['torch out='] / r['bound']:.0%} |"
+        )
     if fresh is None:
         return "\n".join(lines)
-    floor = bandwidth / 4.5625        # the bound of a 4.5-bit format (Q4_0, Q4_K), for scale
-    lines += ["", f"Floor: a fresh float32 array of {n_rows * n_cols} weights written once runs at "
-              f"{fresh['numpy'] / 1e6:.0f} M weights/s allocated by numpy "
-              f"({fresh['numpy'] / floor:.0%} of the 4.5-bit bound), "
-              f"{fresh['torch'] / 1e6:.0f} M weights/s by torch's allocator ({fresh['torch'] / floor:.0%})."]
+    floor = bandwidth / 4.5625  # the bound of a 4.5-bit format (Q4_0, Q4_K), for scale
+    lines += [
+        "",
+        f"Floor: a fresh float32 array of {n_rows * n_cols} weights written once runs at "
+        f"{fresh['numpy'] / 1e6:.0f} M weights/s allocated by numpy "
+        f"({fresh['numpy'] / floor:.0%} of the 4.5-bit bound), "
+        f"{fresh['torch'] / 1e6:.0f} M weights/s by torch's allocator ({fresh['torch'] / floor:.0%}).",
+    ]
     return "\n".join(lines)
 
 
@@ -152,21 +168,28 @@ def add_dequant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=2560)
     parser.add_argument("--cols", type=int, default=6912)
     parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="whole runs over the formats; each speed is the best of them")
-    parser.add_argument("--formats", default=",".join(n for n in quants.names() if n != "F32"),
-                        help="comma-separated type names (default: all but F32)")
-    parser.add_argument("--threads", type=int, default=base.THREADS,
-                        help=f"threads of the numpy decoder (default: the cores available, {base.THREADS})")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch.set_num_threads (default: torch's own)")
-    parser.add_argument("--device", default="cpu",
-                        help="where torch decodes, e.g. cuda: the bound is then that device's copy bandwidth")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="whole runs over the formats; each speed is the best of them"
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(n for n in quants.names() if n != "F32"),
+        help="comma-separated type names (default: all but F32)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=base.THREADS,
+        help=f"threads of the numpy decoder (default: the cores available, {base.THREADS})",
+    )
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument(
+        "--device", default="cpu", help="where torch decodes, e.g. cuda: the bound is then that device's copy bandwidth"
+    )
 
 
 def check_device(device: str) -> None:
     """A ValueError that names the problem, before any timing, for a device torch cannot use here."""
-    import torch
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -180,8 +203,6 @@ def check_device(device: str) -> None:
 def run_dequant(args: argparse.Namespace) -> str:
     """The table for parsed ``add_dequant_arguments`` options; an unknown format or device fails before
     any timing."""
-    import torch
-
     names = [n.strip() for n in args.formats.split(",") if n.strip()]
     for name in names:
         quants.get(name)
@@ -195,13 +216,17 @@ def run_dequant(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m stablelm_lab.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m stablelm_lab.analysis.bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="what", required=True)
     add_dequant_arguments(sub.add_parser("dequant", help="dequantization speed of every format vs gguf-py"))
     args = parser.parse_args(argv)
     if args.what == "dequant":
         print(run_dequant(args))
+
 
 if __name__ == "__main__":
     main()

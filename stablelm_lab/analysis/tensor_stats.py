@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import quants
-from .quants.base import CHUNK_WEIGHTS
+from .. import quants
+from ..quants.base import CHUNK_WEIGHTS
 
 
 def nonfinite_blocks(raw, qtype) -> np.ndarray:
@@ -23,6 +23,8 @@ def nonfinite_blocks(raw, qtype) -> np.ndarray:
     fmt = quants.get(qtype)
     blocks = np.asarray(raw, dtype=np.uint8).reshape(-1, fmt.type_size)
     step = max(1, CHUNK_WEIGHTS // fmt.block_size)  # decode a bounded chunk at a time
-    found = [start + np.flatnonzero(~np.isfinite(fmt.dequantize(blocks[start:start + step])).all(axis=1))
-             for start in range(0, len(blocks), step)]
+    found = [
+        start + np.flatnonzero(~np.isfinite(fmt.dequantize(blocks[start : start + step])).all(axis=1))
+        for start in range(0, len(blocks), step)
+    ]
     return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)

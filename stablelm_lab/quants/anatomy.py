@@ -12,34 +12,45 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .quants import QuantFormat
+from .base import QuantFormat
 
 #: Weights that share one scale (and min) inside a block: the unit the error plots group by.
-SUB_BLOCK_SIZE = {"Q2_K": 16, "Q3_K": 16, "Q6_K": 16, "Q4_K": 32, "Q5_K": 32, "IQ4_XS": 32,
-                  "IQ2_XXS": 32, "IQ2_XS": 16, "IQ2_S": 16, "IQ3_XXS": 32, "IQ3_S": 32, "IQ1_S": 32, "IQ1_M": 16}
+SUB_BLOCK_SIZE = {
+    "Q2_K": 16,
+    "Q3_K": 16,
+    "Q6_K": 16,
+    "Q4_K": 32,
+    "Q5_K": 32,
+    "IQ4_XS": 32,
+    "IQ2_XXS": 32,
+    "IQ2_XS": 16,
+    "IQ2_S": 16,
+    "IQ3_XXS": 32,
+    "IQ3_S": 32,
+    "IQ1_S": 32,
+    "IQ1_M": 16,
+}
 
 
 @dataclass(frozen=True)
 class Field:
     name: str
-    offset: int           # first byte inside the block
+    offset: int  # first byte inside the block
     nbytes: int
-    ctype: str            # the C type, e.g. "ggml_half" or "uint8_t[12]"
-    value: np.ndarray     # the field's value(s), typed (fp16 scales as float32)
+    ctype: str  # the C type, e.g. "ggml_half" or "uint8_t[12]"
+    value: np.ndarray  # the field's value(s), typed (fp16 scales as float32)
 
     @property
     def end(self) -> int:
         return self.offset + self.nbytes
 
 
-_CTYPES = {"<f2": "ggml_half", "<f4": "float", "|u1": "uint8_t", "|i1": "int8_t", "<u2": "uint16_t",
-           "<i2": "int16_t"}
+_CTYPES = {"<f2": "ggml_half", "<f4": "float", "|u1": "uint8_t", "|i1": "int8_t", "<u2": "uint16_t", "<i2": "int16_t"}
 
 
 def block_fields(fmt: QuantFormat, raw_block) -> list[Field]:
     """The fields of one block (``type_size`` bytes) in struct order, with their values."""
-    raw_block = np.frombuffer(bytes(raw_block), dtype=np.uint8) if not isinstance(raw_block, np.ndarray) \
-        else raw_block
+    raw_block = np.frombuffer(bytes(raw_block), dtype=np.uint8) if not isinstance(raw_block, np.ndarray) else raw_block
     if raw_block.size != fmt.type_size:
         raise ValueError(f"a {fmt.name} block is {fmt.type_size} bytes; got {raw_block.size}")
     block = np.ascontiguousarray(raw_block, dtype=np.uint8).view(fmt.block_dtype)[0]
@@ -60,7 +71,7 @@ def byte_owner(fmt: QuantFormat) -> list[str]:
     owner = [""] * fmt.type_size
     for name in fmt.block_dtype.names:
         dtype, offset = fmt.block_dtype.fields[name][:2]
-        owner[offset:offset + dtype.itemsize] = [name] * dtype.itemsize
+        owner[offset : offset + dtype.itemsize] = [name] * dtype.itemsize
     return owner
 
 
@@ -100,7 +111,7 @@ def bit_map(fmt: QuantFormat) -> BitMap:
     at = {name: fmt.block_dtype.fields[name][1] for name in fmt.block_dtype.names}
     for name in ("d", "dmin", "m"):
         if name in at:
-            m.role[at[name]:at[name] + 2] = name
+            m.role[at[name] : at[name] + 2] = name
     fill(m, at)
     return m
 
@@ -180,6 +191,15 @@ def _q6_k(m: BitMap, at: dict) -> None:
         _mark(m, at["qh"] + 32 * h + l, [2 * k, 2 * k + 1], i // 16, "high", i)
 
 
-_BIT_FILLERS = {"Q4_0": (_legacy, 16), "Q4_1": (_legacy, 16), "Q5_0": (_legacy, 16), "Q5_1": (_legacy, 16),
-                "Q8_0": (_legacy, 16), "Q2_K": (_q2_k, 16), "Q3_K": (_q3_k, 16), "Q4_K": (_q4_k, 32),
-                "Q5_K": (_q4_k, 32), "Q6_K": (_q6_k, 16)}
+_BIT_FILLERS = {
+    "Q4_0": (_legacy, 16),
+    "Q4_1": (_legacy, 16),
+    "Q5_0": (_legacy, 16),
+    "Q5_1": (_legacy, 16),
+    "Q8_0": (_legacy, 16),
+    "Q2_K": (_q2_k, 16),
+    "Q3_K": (_q3_k, 16),
+    "Q4_K": (_q4_k, 32),
+    "Q5_K": (_q4_k, 32),
+    "Q6_K": (_q6_k, 16),
+}

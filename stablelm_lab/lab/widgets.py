@@ -14,8 +14,13 @@ from contextlib import contextmanager
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
+import torch
 
-from . import quants, viz
+from .. import quants
+from ..analysis import metrics
+from ..analysis.tensor_stats import nonfinite_blocks
+from ..text.sampling import card_probs, llama_cpp_probs
+from . import viz
 
 #: the quant-error explorer quantizes at most this many weights per step (whole rows, evenly spaced), so a
 #: step stays near 250 ms: the reference quantizers take about 1 µs a weight for the K-quants (a 3B tensor
@@ -41,7 +46,7 @@ def redraw(widget: go.FigureWidget, fig: go.Figure) -> None:
             widget.add_traces(list(fig.data))
         layout = fig.layout.to_plotly_json()
         if widget.layout.template.layout.paper_bgcolor is not None:  # every viz figure has one template:
-            layout.pop("template", None)                             # validating it again took a third
+            layout.pop("template", None)  # validating it again took a third
         widget.layout.update(layout, overwrite=True)
 
 
@@ -82,7 +87,6 @@ class FigureExplorer(W.VBox):
         bundle["text/plain"] = f"[{self.name}: its controls answer when the notebook runs in Jupyter]"
         return bundle
 
-
     def replace_control(self, index: int, control) -> None:
         """Put a new control in place of ``controls[index]`` (its observer moves with it)."""
         self.controls[index].unobserve(self.update, names="value")
@@ -95,8 +99,9 @@ def range_slider(description: str, high: int, value: int = 0) -> W.IntSlider:
     """An integer slider over 0..high, hidden where that range holds a single value. Made anew whenever its
     range changes: the browser's slider (noUiSlider) answers the End key with the maximum it had when first
     drawn, so a slider whose maximum grows afterwards stops short of it (255 of a 768-row tensor)."""
-    slider = W.IntSlider(value=min(max(value, 0), high), min=0, max=max(high, 0), description=description,
-                         continuous_update=False)
+    slider = W.IntSlider(
+        value=min(max(value, 0), high), min=0, max=max(high, 0), description=description, continuous_update=False
+    )
     slider.layout.display = None if high > 0 else "none"
     return slider
 
@@ -110,8 +115,9 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
     names = [t.name for t in gguf.tensors if quants.get(t.qtype).block_size > 1 and len(t.shape) == 2]
     if not names:
         raise ValueError("this file has no quantized matrices to explore")
-    tensor_box = W.Dropdown(options=names, value=tensor or names[0], description="tensor",
-                            layout=W.Layout(width="420px"))
+    tensor_box = W.Dropdown(
+        options=names, value=tensor or names[0], description="tensor", layout=W.Layout(width="420px")
+    )
     heading, table = W.HTML(), W.HTML()
 
     def info_of():
@@ -119,8 +125,10 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
 
     def sliders(row: int, block: int) -> list[W.IntSlider]:
         info = info_of()
-        return [range_slider("row", info.shape[0] - 1, row),
-                range_slider("block", info.shape[1] // quants.get(info.qtype).block_size - 1, block)]
+        return [
+            range_slider("row", info.shape[0] - 1, row),
+            range_slider("block", info.shape[1] // quants.get(info.qtype).block_size - 1, block),
+        ]
 
     def draw():
         info = info_of()
@@ -129,11 +137,13 @@ def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0
         rows = gguf.raw(info.name).reshape(info.shape[0], -1)
         raw_block = np.asarray(rows[row_box.value].reshape(-1, fmt.type_size)[block_box.value])
         n_blocks = block_box.max + 1
-        heading.value = (f"<b>{info.name}</b>: {fmt.name}, {fmt.block_size} weights in {fmt.type_size} bytes "
-                         f"({fmt.bits_per_weight:g} bits per weight); row {row_box.value} of {info.shape[0]}, "
-                         f"block {block_box.value} = weights {block_box.value * fmt.block_size}…"
-                         f"{(block_box.value + 1) * fmt.block_size - 1}"
-                         + (" (each row is this one block)" if n_blocks == 1 else f" ({n_blocks} per row)"))
+        heading.value = (
+            f"<b>{info.name}</b>: {fmt.name}, {fmt.block_size} weights in {fmt.type_size} bytes "
+            f"({fmt.bits_per_weight:g} bits per weight); row {row_box.value} of {info.shape[0]}, "
+            f"block {block_box.value} = weights {block_box.value * fmt.block_size}…"
+            f"{(block_box.value + 1) * fmt.block_size - 1}"
+            + (" (each row is this one block)" if n_blocks == 1 else f" ({n_blocks} per row)")
+        )
         table.value = viz.fields_table(fmt, raw_block)
         return viz.block_figure(fmt, raw_block, f"{info.name}, row {row_box.value}, block {block_box.value}")
 
@@ -191,13 +201,11 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
     large tensor is sampled (whole rows, evenly spaced: ``MAX_WEIGHTS``) and the figure says so; results
     are cached, so going back to a format is instant.
     """
-    from . import metrics
-    from .tensor_stats import nonfinite_blocks
-
     names = [t.name for t in gguf.tensors if len(t.shape) == 2]
     formats = [f.name for f in quants.FORMATS.values() if f.block_size > 1 and f.can_quantize]
-    tensor_box = W.Dropdown(options=names, value=tensor or names[0], description="tensor",
-                            layout=W.Layout(width="420px"))
+    tensor_box = W.Dropdown(
+        options=names, value=tensor or names[0], description="tensor", layout=W.Layout(width="420px")
+    )
     type_box = W.Dropdown(options=formats, value=type_name, description="format")
     summary = W.HTML()
     originals, results = {}, {}
@@ -223,8 +231,10 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
         fmt, name = quants.get(type_box.value), tensor_box.value
         sample, rows, shape = original(name)
         if sample.shape[-1] % fmt.block_size:
-            summary.value = (f"<b>{name}</b> rows have {sample.shape[-1]} weights: not a multiple of {fmt.name}'s "
-                             f"{fmt.block_size}, so llama.cpp would not use {fmt.name} here.")
+            summary.value = (
+                f"<b>{name}</b> rows have {sample.shape[-1]} weights: not a multiple of {fmt.name}'s "
+                f"{fmt.block_size}, so llama.cpp would not use {fmt.name} here."
+            )
             return go.Figure(layout=dict(title=f"{name}: {fmt.name} does not fit these rows", height=120))
         keep = sample_rows(len(rows), sample.shape[-1], MAX_WEIGHTS // SLOW_QUANTIZERS.get(fmt.name, 1))
         w, n_rows = sample[keep], len(keep)
@@ -233,24 +243,34 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
         err = metrics.tensor_error(w, decoded)
         sampled = n_rows < shape[0]
         note = f"{n_rows} of {shape[0]} rows, evenly spaced" if sampled else ""
-        summary.value = (f"<b>{name}</b> in <b>{fmt.name}</b> ({fmt.bits_per_weight:g} bits/weight): {err}"
-                         + (f" (on {note})" if sampled else "")
-                         + (f"; <b>{len(bad)} blocks decode to inf/NaN</b>" if len(bad) else ""))
+        summary.value = (
+            f"<b>{name}</b> in <b>{fmt.name}</b> ({fmt.bits_per_weight:g} bits/weight): {err}"
+            + (f" (on {note})" if sampled else "")
+            + (f"; <b>{len(bad)} blocks decode to inf/NaN</b>" if len(bad) else "")
+        )
         scale, scale_name = _block_scale(fmt, raw)
         diff = (decoded - w).reshape(-1, fmt.block_size).astype(np.float64)
-        block_rmse = np.sqrt(np.mean(diff ** 2, axis=1))
+        block_rmse = np.sqrt(np.mean(diff**2, axis=1))
         if len(block_rmse) > MAX_BLOCKS_DRAWN:
             pick = np.linspace(0, len(block_rmse) - 1, MAX_BLOCKS_DRAWN).astype(np.int64)
             block_rmse, scale = block_rmse[pick], None if scale is None else scale[pick]
             note += ("; " if note else "") + f"{MAX_BLOCKS_DRAWN} blocks drawn of {len(diff)}"
-        return viz.quant_error_figure(w, decoded, scale, block_rmse, f"{name} as {fmt.name}",
-                                      viz.error_limit(sample), scale_name, note)
+        return viz.quant_error_figure(
+            w, decoded, scale, block_rmse, f"{name} as {fmt.name}", viz.error_limit(sample), scale_name, note
+        )
 
     return FigureExplorer([tensor_box, type_box], draw, [summary], "quantization-error explorer")
 
 
-def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0.75, top_k: int = 50,
-                        top_p: float = 0.95, min_p: float = 0.0) -> FigureExplorer:
+def next_token_explorer(
+    logits,
+    tokenizer,
+    top: int = 30,
+    temperature: float = 0.75,
+    top_k: int = 50,
+    top_p: float = 0.95,
+    min_p: float = 0.0,
+) -> FigureExplorer:
     """Sampling settings over one row of next-token logits (n_vocab,), in both programs' orders side by side.
 
     Left, transformers' order (the model card's ``generate``; this package's ``generate`` too): temperature,
@@ -259,15 +279,10 @@ def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0
     ``top`` most likely tokens are shown, in a fixed order; ``box.settings()`` gives the sliders' values
     as ``generate`` keywords.
     """
-    import torch
-
-    from .sampling import card_probs, llama_cpp_probs
-
     logits = torch.as_tensor(logits).float()
     order = logits.argsort(descending=True)[:top]
     tokens = [tokenizer.decode([int(i)]) for i in order]
-    wide = {"style": {"description_width": "initial"}, "layout": W.Layout(width="320px"),
-            "continuous_update": False}
+    wide = {"style": {"description_width": "initial"}, "layout": W.Layout(width="320px"), "continuous_update": False}
     t_box = W.FloatSlider(value=temperature, min=0.05, max=2.0, step=0.05, description="temperature", **wide)
     k_box = W.IntSlider(value=top_k, min=0, max=100, description="top_k (0: off)", **wide)
     p_box = W.FloatSlider(value=top_p, min=0.05, max=1.0, step=0.05, description="top_p", **wide)
@@ -279,18 +294,25 @@ def next_token_explorer(logits, tokenizer, top: int = 30, temperature: float = 0
         tempered = torch.softmax(logits / t_box.value, -1)[order].numpy()
         card = card_probs(logits, t_box.value, k_box.value or None, p_box.value)
         llama = llama_cpp_probs(logits, k_box.value, p_box.value, m_box.value, t_box.value)
-        summary.value = " &nbsp; ".join(f"<b>{name.split('<br>')[0]}</b> keeps {_count(int((q > 0).sum()), 'token')}"
-                                        f" (the most likely drawn with p = {float(q.max()):.3f})"
-                                        for name, q in zip(names, (card, llama)))
+        summary.value = " &nbsp; ".join(
+            f"<b>{name.split('<br>')[0]}</b> keeps {_count(int((q > 0).sum()), 'token')}"
+            f" (the most likely drawn with p = {float(q.max()):.3f})"
+            for name, q in zip(names, (card, llama))
+        )
         return {names[0]: (card[order].numpy(), tempered), names[1]: (llama[order].numpy(), tempered)}
 
     def title() -> str:
-        return (f"The {top} most likely next tokens at temperature {t_box.value:.2f}, top_k {k_box.value}, "
-                f"top_p {p_box.value:.2f}, min_p {m_box.value:.2f}")
+        return (
+            f"The {top} most likely next tokens at temperature {t_box.value:.2f}, top_k {k_box.value}, "
+            f"top_p {p_box.value:.2f}, min_p {m_box.value:.2f}"
+        )
 
-    explorer = FigureExplorer([t_box, k_box, p_box, m_box],
-                              lambda: viz.sampling_orders_figure(tokens, panels(), title()), [summary],
-                              "next-token explorer")
+    explorer = FigureExplorer(
+        [t_box, k_box, p_box, m_box],
+        lambda: viz.sampling_orders_figure(tokens, panels(), title()),
+        [summary],
+        "next-token explorer",
+    )
     explorer.children[0].layout = W.Layout(flex_flow="row wrap")
     explorer.settings = lambda: {"temperature": t_box.value, "top_k": k_box.value or None, "top_p": p_box.value}
     return explorer

@@ -15,29 +15,30 @@ from __future__ import annotations
 import json
 
 from gguf import TokenType
+from tokenizers import Tokenizer
 
-from .gguf_file import GGUFError, GGUFFile
+from ..container.gguf_file import GGUFError, GGUFFile
 
 GPT2_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-QWEN2_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
-               r"""|\s*[\r\n]+|\s+(?!\S)|\s+""")
+QWEN2_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"""
+    r"""|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 # tokenizer.ggml.pre -> (regex of the pre-tokenizer split, NFC normalization?)
 # "default" (absent): files converted before the key existed, which for StableLM-3B means GPT-NeoX's.
 PRE_TOKENIZERS = {
-    "olmo": (GPT2_REGEX, True),          # GPT-NeoX-20B's tokenizer, as llama.cpp's converter names it
-    "mpt": (GPT2_REGEX, True),           # the same tokenizer, via MPT
+    "olmo": (GPT2_REGEX, True),  # GPT-NeoX-20B's tokenizer, as llama.cpp's converter names it
+    "mpt": (GPT2_REGEX, True),  # the same tokenizer, via MPT
     "default": (GPT2_REGEX, True),
     "gpt-2": (GPT2_REGEX, False),
-    "stablelm2": (QWEN2_REGEX, False),   # StableLM 2's Arcade100k
+    "stablelm2": (QWEN2_REGEX, False),  # StableLM 2's Arcade100k
     "qwen2": (QWEN2_REGEX, False),
 }
 
 
 def load_tokenizer(path_or_file):
     """A ``tokenizers.Tokenizer`` built from the file's tokenizer.ggml.* metadata (byte-level BPE only)."""
-    from tokenizers import Tokenizer
-
     g = path_or_file if isinstance(path_or_file, GGUFFile) else GGUFFile(path_or_file)
     meta = g.metadata
     model = meta.get("tokenizer.ggml.model")
@@ -53,8 +54,10 @@ def load_tokenizer(path_or_file):
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # a bad vocabulary makes the Rust library panic: pyo3's PanicException
-        raise GGUFError(f"{g.path}: its tokenizer.ggml.* metadata do not form a valid BPE tokenizer "
-                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+        raise GGUFError(
+            f"{g.path}: its tokenizer.ggml.* metadata do not form a valid BPE tokenizer "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+        ) from e
     tokenizer.special_ids = special_ids(meta)  # bos/eos/unk/padding, for generate
     return tokenizer
 
@@ -68,24 +71,41 @@ def tokenizer_json(meta: dict, pre: str) -> dict:
     return {
         "version": "1.0",
         "added_tokens": [
-            {"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-             "normalized": kind == TokenType.USER_DEFINED, "special": kind == TokenType.CONTROL}
+            {
+                "id": i,
+                "content": t,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": kind == TokenType.USER_DEFINED,
+                "special": kind == TokenType.CONTROL,
+            }
             for i, (t, kind) in enumerate(zip(tokens, types))
-            if kind in (TokenType.CONTROL, TokenType.USER_DEFINED)],
+            if kind in (TokenType.CONTROL, TokenType.USER_DEFINED)
+        ],
         "normalizer": {"type": "NFC"} if nfc else None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
-            byte_level]},
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
+                byte_level,
+            ],
+        },
         "post_processor": None,
         "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "fuse_unk": False, "byte_fallback": False,
-                  "ignore_merges": False,
-                  "vocab": {t: i for i, (t, kind) in enumerate(zip(tokens, types)) if kind != TokenType.UNUSED},
-                  "merges": [m.split(" ", 1) for m in meta.get("tokenizer.ggml.merges", [])]},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "ignore_merges": False,
+            "vocab": {t: i for i, (t, kind) in enumerate(zip(tokens, types)) if kind != TokenType.UNUSED},
+            "merges": [m.split(" ", 1) for m in meta.get("tokenizer.ggml.merges", [])],
+        },
     }
 
 
 def special_ids(meta: dict) -> dict[str, int]:
     keys = {"bos": "bos_token_id", "eos": "eos_token_id", "unk": "unknown_token_id", "padding": "padding_token_id"}
-    return {name: int(meta[f"tokenizer.ggml.{key}"]) for name, key in keys.items()
-            if f"tokenizer.ggml.{key}" in meta}
+    return {name: int(meta[f"tokenizer.ggml.{key}"]) for name, key in keys.items() if f"tokenizer.ggml.{key}" in meta}

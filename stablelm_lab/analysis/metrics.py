@@ -32,6 +32,11 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
+
+from ..container.gguf_file import GGUFFile
+from ..model import StableLM
+from ..text.tokenizer import load_tokenizer
 
 # ---- tensors ---------------------------------------------------------------------------------------------
 
@@ -56,7 +61,7 @@ def snr_db(reference, approx) -> float:
     bit of a uniform quantizer buys about 6 dB."""
     ref = _f64(reference)
     noise = np.sum((_f64(approx) - ref) ** 2)
-    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref ** 2) / noise))
+    return float("inf") if noise == 0 else float(10 * np.log10(np.sum(ref**2) / noise))
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,7 @@ def mean_and_uncertainty(values: np.ndarray) -> tuple[float, float]:
     if n < 1:
         return 0.0, 0.0
     mean = values.mean()
-    var = np.mean(values ** 2) - mean ** 2
+    var = np.mean(values**2) - mean**2
     return float(mean), float(np.sqrt(var / (n - 1))) if var > 0 and n > 10 else 0.0
 
 
@@ -112,25 +117,27 @@ class Perplexity:
     def uncertainty(self) -> float:
         """llama-perplexity's "+/-": exp(mean)·std(nll)/sqrt(N−1)."""
         mean = self.nll.mean()
-        var = np.mean(self.nll ** 2) - mean ** 2
+        var = np.mean(self.nll**2) - mean**2
         return float(np.exp(mean) * np.sqrt(var / (self.n_tokens - 1))) if var > 0 else 0.0
 
     def __str__(self) -> str:
-        return (f"PPL = {self.value:.4f} +/- {self.uncertainty:.5f} "
-                f"({self.n_tokens} tokens, {self.n_chunks} chunks of {self.n_ctx})")
+        return (
+            f"PPL = {self.value:.4f} +/- {self.uncertainty:.5f} "
+            f"({self.n_tokens} tokens, {self.n_chunks} chunks of {self.n_ctx})"
+        )
 
 
 @dataclass
 class KLDivergence:
     """Per scored token (arrays of the same length), base model vs quantized model."""
 
-    per_position: np.ndarray       # KL(P_base || P_q) in nats
-    nll_base: np.ndarray           # −log p_base(next token)
-    nll: np.ndarray                # −log p_q(next token)
-    same_top: np.ndarray           # bool: argmax of both distributions is the same token
+    per_position: np.ndarray  # KL(P_base || P_q) in nats
+    nll_base: np.ndarray  # −log p_base(next token)
+    nll: np.ndarray  # −log p_q(next token)
+    same_top: np.ndarray  # bool: argmax of both distributions is the same token
     n_ctx: int
     n_chunks: int
-    p_diff: np.ndarray = field(init=False)   # p_q(next token) − p_base(next token)
+    p_diff: np.ndarray = field(init=False)  # p_q(next token) − p_base(next token)
 
     def __post_init__(self):
         self.p_diff = np.exp(-self.nll) - np.exp(-self.nll_base)
@@ -159,53 +166,92 @@ class KLDivergence:
         n = len(self.nll)
         (ln_q, ln_q_err), (ln_b, ln_b_err) = mean_and_uncertainty(self.nll), mean_and_uncertainty(self.nll_base)
         cov = ((np.mean(self.nll * self.nll_base) - ln_q * ln_b) / (n - 1)) if n >= 10 else 0.0
-        ratio_err = np.sqrt(max(ln_q_err ** 2 + ln_b_err ** 2 - 2 * cov, 0.0))
+        ratio_err = np.sqrt(max(ln_q_err**2 + ln_b_err**2 - 2 * cov, 0.0))
         ppl_q, ppl_b = np.exp(ln_q), np.exp(ln_b)
         diff_err = np.sqrt(max((ppl_q * ln_q_err) ** 2 + (ppl_b * ln_b_err) ** 2 - 2 * ppl_q * ppl_b * cov, 0.0))
         cor = cov / (ln_q_err * ln_b_err) if ln_q_err * ln_b_err > 0 else float("nan")
         ratio = np.exp(ln_q - ln_b)
-        return ["====== Perplexity statistics ======",
-                f"Mean PPL(Q)                   : {ppl_q:10.6f} ± {ppl_q * ln_q_err:10.6f}",
-                f"Mean PPL(base)                : {ppl_b:10.6f} ± {ppl_b * ln_b_err:10.6f}",
-                f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * cor:6.2f}%",
-                f"Mean ln(PPL(Q)/PPL(base))     : {ln_q - ln_b:10.6f} ± {ratio_err:10.6f}",
-                f"Mean PPL(Q)/PPL(base)         : {ratio:10.6f} ± {ratio * ratio_err:10.6f}",
-                f"Mean PPL(Q)-PPL(base)         : {ppl_q - ppl_b:10.6f} ± {diff_err:10.6f}"]
+        return [
+            "====== Perplexity statistics ======",
+            f"Mean PPL(Q)                   : {ppl_q:10.6f} ± {ppl_q * ln_q_err:10.6f}",
+            f"Mean PPL(base)                : {ppl_b:10.6f} ± {ppl_b * ln_b_err:10.6f}",
+            f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * cor:6.2f}%",
+            f"Mean ln(PPL(Q)/PPL(base))     : {ln_q - ln_b:10.6f} ± {ratio_err:10.6f}",
+            f"Mean PPL(Q)/PPL(base)         : {ratio:10.6f} ± {ratio * ratio_err:10.6f}",
+            f"Mean PPL(Q)-PPL(base)         : {ppl_q - ppl_b:10.6f} ± {diff_err:10.6f}",
+        ]
 
     def _kld_lines(self) -> list[str]:
         kld = self.per_position
         mean, err = mean_and_uncertainty(kld)
-        return (["====== KL divergence statistics ======", f"Mean    KLD: {mean:10.6f} ± {err:10.6f}",
-                 f"Maximum KLD: {kld.max():10.6f}"]
-                + [f"{label} KLD: {percentile(kld, f):10.6f}" for label, f in
-                   [("99.9%  ", 0.999), ("99.0%  ", 0.99), ("95.0%  ", 0.95), ("90.0%  ", 0.9), ("Median ", 0.5),
-                    ("10.0%  ", 0.1), (" 5.0%  ", 0.05), (" 1.0%  ", 0.01), (" 0.1%  ", 0.001)]]
-                + [f"Minimum KLD: {kld.min():10.6f}"])
+        return (
+            [
+                "====== KL divergence statistics ======",
+                f"Mean    KLD: {mean:10.6f} ± {err:10.6f}",
+                f"Maximum KLD: {kld.max():10.6f}",
+            ]
+            + [
+                f"{label} KLD: {percentile(kld, f):10.6f}"
+                for label, f in [
+                    ("99.9%  ", 0.999),
+                    ("99.0%  ", 0.99),
+                    ("95.0%  ", 0.95),
+                    ("90.0%  ", 0.9),
+                    ("Median ", 0.5),
+                    ("10.0%  ", 0.1),
+                    (" 5.0%  ", 0.05),
+                    (" 1.0%  ", 0.01),
+                    (" 0.1%  ", 0.001),
+                ]
+            ]
+            + [f"Minimum KLD: {kld.min():10.6f}"]
+        )
 
     def _p_diff_lines(self) -> list[str]:
         dp, n = self.p_diff, len(self.p_diff)
         mean, err = mean_and_uncertainty(dp)
-        mse, mse_err = mean_and_uncertainty(dp ** 2)
+        mse, mse_err = mean_and_uncertainty(dp**2)
         rms = np.sqrt(mse)
         top = self.top1_agreement
-        return (["====== Token probability statistics ======", f"Mean    Δp: {100 * mean:6.3f} ± {100 * err:5.3f} %",
-                 f"Maximum Δp: {100 * dp.max():6.3f}%"]
-                + [f"{label} Δp: {100 * percentile(dp, f):6.3f}%" for label, f in
-                   [("99.9%  ", 0.999), ("99.0%  ", 0.99), ("95.0%  ", 0.95), ("90.0%  ", 0.9), ("75.0%  ", 0.75),
-                    ("Median ", 0.5), ("25.0%  ", 0.25), ("10.0%  ", 0.1), (" 5.0%  ", 0.05), (" 1.0%  ", 0.01),
-                    (" 0.1%  ", 0.001)]]
-                + [f"Minimum Δp: {100 * dp.min():6.3f}%",
-                   f"RMS Δp    : {100 * rms:6.3f} ± {100 * (0.5 / rms * mse_err if rms > 0 else 0):5.3f} %",
-                   f"Same top p: {100 * top:6.3f} ± {100 * np.sqrt(top * (1 - top) / max(n - 1, 1)):5.3f} %"])
+        return (
+            [
+                "====== Token probability statistics ======",
+                f"Mean    Δp: {100 * mean:6.3f} ± {100 * err:5.3f} %",
+                f"Maximum Δp: {100 * dp.max():6.3f}%",
+            ]
+            + [
+                f"{label} Δp: {100 * percentile(dp, f):6.3f}%"
+                for label, f in [
+                    ("99.9%  ", 0.999),
+                    ("99.0%  ", 0.99),
+                    ("95.0%  ", 0.95),
+                    ("90.0%  ", 0.9),
+                    ("75.0%  ", 0.75),
+                    ("Median ", 0.5),
+                    ("25.0%  ", 0.25),
+                    ("10.0%  ", 0.1),
+                    (" 5.0%  ", 0.05),
+                    (" 1.0%  ", 0.01),
+                    (" 0.1%  ", 0.001),
+                ]
+            ]
+            + [
+                f"Minimum Δp: {100 * dp.min():6.3f}%",
+                f"RMS Δp    : {100 * rms:6.3f} ± {100 * (0.5 / rms * mse_err if rms > 0 else 0):5.3f} %",
+                f"Same top p: {100 * top:6.3f} ± {100 * np.sqrt(top * (1 - top) / max(n - 1, 1)):5.3f} %",
+            ]
+        )
 
     def __str__(self) -> str:
-        return (f"KLD = {self.mean:.6f}, same top p = {100 * self.top1_agreement:.2f}%, "
-                f"PPL(Q) = {self.ppl.value:.4f}, PPL(base) = {self.ppl_base.value:.4f} "
-                f"({len(self.per_position)} tokens, {self.n_chunks} chunks of {self.n_ctx})")
+        return (
+            f"KLD = {self.mean:.6f}, same top p = {100 * self.top1_agreement:.2f}%, "
+            f"PPL(Q) = {self.ppl.value:.4f}, PPL(base) = {self.ppl_base.value:.4f} "
+            f"({len(self.per_position)} tokens, {self.n_chunks} chunks of {self.n_ctx})"
+        )
 
 
 # ---- running the model over a text -----------------------------------------------------------------------
-DEFAULT_N_CTX = 512          # llama-perplexity's classic context for published numbers
+DEFAULT_N_CTX = 512  # llama-perplexity's classic context for published numbers
 LOGITS_BYTES_PER_STEP = 256 << 20
 
 
@@ -219,12 +265,8 @@ class _Scorer:
     bos_id: int | None
 
     @classmethod
-    def of(cls, model, tokenizer=None, add_bos: bool | None = None) -> "_Scorer":
+    def of(cls, model, tokenizer=None, add_bos: bool | None = None) -> _Scorer:
         if isinstance(model, (str, os.PathLike)):
-            from .gguf_file import GGUFFile
-            from .model import StableLM
-            from .tokenizer import load_tokenizer
-
             g = GGUFFile(model)
             meta = g.metadata
             tokenizer = tokenizer if tokenizer is not None else load_tokenizer(g)
@@ -248,10 +290,12 @@ def chunks(tokens: list[int], n_ctx: int, add_bos: bool = False, bos_id: int | N
     if n_ctx < 4:
         raise ValueError(f"n_ctx must be at least 4, got {n_ctx}")
     if len(tokens) < 2 * n_ctx:
-        raise ValueError(f"you need at least {2 * n_ctx} tokens to evaluate perplexity with a context of "
-                         f"{n_ctx}; the text tokenizes to only {len(tokens)} tokens")
+        raise ValueError(
+            f"you need at least {2 * n_ctx} tokens to evaluate perplexity with a context of "
+            f"{n_ctx}; the text tokenizes to only {len(tokens)} tokens"
+        )
     n_chunk = len(tokens) // n_ctx
-    out = np.array(tokens[:n_chunk * n_ctx], dtype=np.int64).reshape(n_chunk, n_ctx)
+    out = np.array(tokens[: n_chunk * n_ctx], dtype=np.int64).reshape(n_chunk, n_ctx)
     if add_bos:
         if bos_id is None:
             raise ValueError("the vocabulary adds BOS but names no BOS token")
@@ -262,22 +306,18 @@ def chunks(tokens: list[int], n_ctx: int, add_bos: bool = False, bos_id: int | N
 def scored_log_probs(model, chunk_ids: np.ndarray):
     """Log-probabilities (float64) at the scored positions of each chunk, and the tokens they predict:
     yields (log_probs (B, n_score, n_vocab) torch tensor, targets (B, n_score) numpy)."""
-    import torch
-
     n_chunk, n_ctx = chunk_ids.shape
     first = n_ctx // 2
     n_vocab = model.config.n_vocab
     step = max(1, LOGITS_BYTES_PER_STEP // (n_ctx * n_vocab * 8))
     for start in range(0, n_chunk, step):
-        ids = torch.as_tensor(chunk_ids[start:start + step], device=model.device)
+        ids = torch.as_tensor(chunk_ids[start : start + step], device=model.device)
         with torch.no_grad():  # never across a yield: a generator left unfinished would keep grad off
-            log_probs = torch.log_softmax(model(ids)[:, first:n_ctx - 1].double(), dim=-1)  # (B, n_score, n_vocab)
-        yield log_probs, chunk_ids[start:start + step, first + 1:]
+            log_probs = torch.log_softmax(model(ids)[:, first : n_ctx - 1].double(), dim=-1)  # (B, n_score, n_vocab)
+        yield log_probs, chunk_ids[start : start + step, first + 1 :]
 
 
 def _take(log_probs, targets: np.ndarray) -> np.ndarray:
-    import torch
-
     index = torch.as_tensor(targets, device=log_probs.device)[..., None]
     return log_probs.gather(-1, index)[..., 0].cpu().numpy().reshape(-1)
 
@@ -292,8 +332,9 @@ def perplexity(model, text, tokenizer=None, n_ctx: int | None = None, add_bos: b
     return Perplexity(np.concatenate(nll), n_ctx, len(ids))
 
 
-def kl_divergence(model_base, model, text, tokenizer=None, n_ctx: int | None = None,
-                  add_bos: bool | None = None) -> KLDivergence:
+def kl_divergence(
+    model_base, model, text, tokenizer=None, n_ctx: int | None = None, add_bos: bool | None = None
+) -> KLDivergence:
     """llama-perplexity --kl-divergence: ``model`` (e.g. Q4_K_M) against ``model_base`` (e.g. F16) on the
     same chunks of ``text``; the base model's tokenizer and BOS rule are used for both."""
     base = _Scorer.of(model_base, tokenizer, add_bos)

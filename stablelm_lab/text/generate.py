@@ -10,16 +10,25 @@ itself (and llama.cpp's other order) is in ``sampling``.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
 from .sampling import Sampling, draw
 
 
-def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, temperature: float = 0.75,
-             top_p: float = 0.95, top_k: int | None = 50, do_sample: bool = True, seed: int | None = None,
-             stream: bool = False):
+def generate(
+    model,
+    tokenizer,
+    prompt: str,
+    max_new_tokens: int = 64,
+    temperature: float = 0.75,
+    top_p: float = 0.95,
+    top_k: int | None = 50,
+    do_sample: bool = True,
+    seed: int | None = None,
+    stream: bool = False,
+):
     """The continuation of ``prompt`` as a string, or (``stream=True``) an iterator of text pieces.
 
     Greedy when ``do_sample`` is False; else in transformers' order: logits / temperature, cut to the
@@ -31,26 +40,45 @@ def generate(model, tokenizer, prompt: str, max_new_tokens: int = 64, temperatur
     return pieces if stream else "".join(pieces)
 
 
-def stream_text(model, tokenizer, prompt, max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=50,
-                do_sample=True, seed=None) -> Iterator[str]:
+def stream_text(
+    model, tokenizer, prompt, max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=50, do_sample=True, seed=None
+) -> Iterator[str]:
     """Yield the new text as tokens arrive; a piece is held back while it ends inside a UTF-8 character."""
     ids: list[int] = []
     shown = ""
-    for token in generate_ids(model, tokenizer.encode(prompt).ids, max_new_tokens, temperature, top_p, top_k,
-                              do_sample, seed, eos_id(tokenizer)):
+    for token in generate_ids(
+        model,
+        tokenizer.encode(prompt).ids,
+        max_new_tokens,
+        temperature,
+        top_p,
+        top_k,
+        do_sample,
+        seed,
+        eos_id(tokenizer),
+    ):
         ids.append(token)
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # byte-level BPE can split a character across tokens
-            yield text[len(shown):]
+            yield text[len(shown) :]
             shown = text
     text = tokenizer.decode(ids, skip_special_tokens=True)
     if len(text) > len(shown):
-        yield text[len(shown):]
+        yield text[len(shown) :]
 
 
 @torch.no_grad()
-def generate_ids(model, prompt_ids: list[int], max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=50,
-                 do_sample=True, seed=None, eos: int | None = None) -> Iterator[int]:
+def generate_ids(
+    model,
+    prompt_ids: list[int],
+    max_new_tokens=64,
+    temperature=0.75,
+    top_p=0.95,
+    top_k=50,
+    do_sample=True,
+    seed=None,
+    eos: int | None = None,
+) -> Iterator[int]:
     """Yield new token ids: the prompt runs once, then each token is one cached forward step."""
     if not prompt_ids:
         raise ValueError("the prompt encodes to no tokens; give at least one token to continue from")
@@ -60,7 +88,7 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens=64, temperature=0.
     else:
         generator.seed()
     cache = model.new_cache()
-    logits = model(prompt_ids, cache)[0, -1]                      # (n_vocab,)
+    logits = model(prompt_ids, cache)[0, -1]  # (n_vocab,)
     for _ in range(max_new_tokens):
         token = next_token(logits, temperature, top_p, top_k, do_sample, generator)
         if token == eos:
@@ -69,8 +97,14 @@ def generate_ids(model, prompt_ids: list[int], max_new_tokens=64, temperature=0.
         logits = model([token], cache)[0, -1]
 
 
-def next_token(logits: torch.Tensor, temperature=0.75, top_p=0.95, top_k=50, do_sample=True,
-               generator: torch.Generator | None = None) -> int:
+def next_token(
+    logits: torch.Tensor,
+    temperature=0.75,
+    top_p=0.95,
+    top_k=50,
+    do_sample=True,
+    generator: torch.Generator | None = None,
+) -> int:
     """Pick the next token from one row of logits (n_vocab,): the argmax, or a draw as the card's generate."""
     logits = logits.float().cpu()
     if not do_sample or temperature == 0:

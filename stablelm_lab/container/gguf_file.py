@@ -5,7 +5,6 @@
     g.tensors[0]                              # TensorInfo(name='token_embd.weight', shape=(50304, 2560), ...)
     g.raw("blk.0.attn_q.weight")              # uint8 (2560, 1440): the Q4_K blocks of each row, zero-copy
     g.dequantize("blk.0.attn_q.weight")       # float32 (2560, 2560)
-    g.config                                  # StableLMConfig
 
 The layout (gguf/docs/gguf.md, read by llama.cpp's ggml/src/gguf.cpp), all little-endian:
 
@@ -35,25 +34,32 @@ from functools import cached_property
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from . import quants
+from .. import quants
 
 GGUF_MAGIC = b"GGUF"
-GGUF_VERSIONS = (2, 3)          # version 1 (32-bit counts) is refused by llama.cpp too
+GGUF_VERSIONS = (2, 3)  # version 1 (32-bit counts) is refused by llama.cpp too
 DEFAULT_ALIGNMENT = 32
-MAX_DIMS = 4                    # GGML_MAX_DIMS
-MAX_NAME_BYTES = 63             # GGML_MAX_NAME - 1: ggml keeps tensor names in a char[64]
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_NAME_BYTES = 63  # GGML_MAX_NAME - 1: ggml keeps tensor names in a char[64]
 INT64_MAX = 2**63 - 1
 
 # The fewest bytes one entry can take, to tell whether a count can be true before looping over it.
-KV_MIN_BYTES = 8 + 1 + 4 + 1              # name length, a 1-byte name, value type, a 1-byte value
+KV_MIN_BYTES = 8 + 1 + 4 + 1  # name length, a 1-byte name, value type, a 1-byte value
 TENSOR_MIN_BYTES = 8 + 1 + 4 + 8 + 4 + 8  # name length, a 1-byte name, n_dims, one ne, type, offset
 
 # struct formats of the fixed-size value types; STRING and ARRAY are read by their own rules
 VALUE_FORMATS = {
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H",
-    GGUFValueType.INT16: "<h", GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i",
-    GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?", GGUFValueType.UINT64: "<Q",
-    GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
+    GGUFValueType.UINT8: "<B",
+    GGUFValueType.INT8: "<b",
+    GGUFValueType.UINT16: "<H",
+    GGUFValueType.INT16: "<h",
+    GGUFValueType.UINT32: "<I",
+    GGUFValueType.INT32: "<i",
+    GGUFValueType.FLOAT32: "<f",
+    GGUFValueType.BOOL: "<?",
+    GGUFValueType.UINT64: "<Q",
+    GGUFValueType.INT64: "<q",
+    GGUFValueType.FLOAT64: "<d",
 }
 VALUE_TYPE_IDS = {t.value: t for t in GGUFValueType}
 GGML_TYPE_IDS = {t.value: t for t in GGMLQuantizationType}
@@ -74,10 +80,10 @@ class TensorInfo:
     """One entry of the tensor table."""
 
     name: str
-    shape: tuple[int, ...]            # numpy order: (rows, cols); a row is one ggml row of ne[0] weights
-    qtype: GGMLQuantizationType       # the ggml tensor type the bytes are stored in
+    shape: tuple[int, ...]  # numpy order: (rows, cols); a row is one ggml row of ne[0] weights
+    qtype: GGMLQuantizationType  # the ggml tensor type the bytes are stored in
     nbytes: int
-    offset: int                       # where the bytes start in the file
+    offset: int  # where the bytes start in the file
 
     @property
     def n_elements(self) -> int:
@@ -97,15 +103,19 @@ class GGUFFile:
         self._reader = GGUFTableReader(np.frombuffer(self._map, dtype=np.uint8), self.path)
 
     def __repr__(self) -> str:
-        return (f"GGUFFile({self.path!r}: {self.architecture}, {len(self.tensors)} tensors, "
-                f"{len(self.metadata)} metadata keys)")
+        return (
+            f"GGUFFile({self.path!r}: {self.architecture}, {len(self.tensors)} tensors, "
+            f"{len(self.metadata)} metadata keys)"
+        )
 
     # ---- metadata ----------------------------------------------------------------------------
     @cached_property
     def metadata(self) -> dict:
         """Every key-value pair: numbers as Python numbers, strings as str, arrays as lists."""
-        return {key: value.tolist() if isinstance(value, np.ndarray) else value
-                for key, value in self._reader.fields.items()}
+        return {
+            key: value.tolist() if isinstance(value, np.ndarray) else value
+            for key, value in self._reader.fields.items()
+        }
 
     @property
     def metadata_types(self) -> dict[str, tuple[GGUFValueType, GGUFValueType | None]]:
@@ -120,13 +130,6 @@ class GGUFFile:
     @property
     def architecture(self) -> str | None:
         return self.metadata.get("general.architecture")
-
-    @cached_property
-    def config(self):
-        """The model's StableLMConfig; a GGUFError if the file is not a StableLM model."""
-        from .config import StableLMConfig
-
-        return StableLMConfig.from_gguf(self)
 
     # ---- tensors -----------------------------------------------------------------------------
     @property
@@ -145,7 +148,7 @@ class GGUFFile:
         info = self._info(name)
         block_size, type_size = GGML_QUANT_SIZES[info.qtype]
         row_bytes = info.shape[-1] // block_size * type_size
-        return self._reader.data[info.offset:info.offset + info.nbytes].reshape(*info.shape[:-1], row_bytes)
+        return self._reader.data[info.offset : info.offset + info.nbytes].reshape(*info.shape[:-1], row_bytes)
 
     def release(self, name: str) -> None:
         """Unmap the pages of a tensor already read, so they stop counting in this process's memory (RSS).
@@ -170,9 +173,11 @@ class GGUFFile:
 def quant_format(info: TensorInfo, path: str) -> quants.QuantFormat:
     """The decoder of a tensor's type; a GGUFError for a ggml type stablelm_lab cannot decode."""
     if info.qtype not in quants.FORMATS:
-        raise GGUFError(f"{path}: tensor {info.name!r} is stored as {info.qtype.name}, which stablelm_lab "
-                        f"cannot decode (data at byte {info.offset}); supported: {', '.join(quants.names())}",
-                        info.offset)
+        raise GGUFError(
+            f"{path}: tensor {info.name!r} is stored as {info.qtype.name}, which stablelm_lab "
+            f"cannot decode (data at byte {info.offset}); supported: {', '.join(quants.names())}",
+            info.offset,
+        )
     return quants.get(info.qtype)
 
 
@@ -200,10 +205,10 @@ class _TableEntry:
     """A tensor-table entry as stored, before it is placed in the data section."""
 
     name: str
-    ne: tuple[int, ...]               # ggml order: ne[0] is the row length
+    ne: tuple[int, ...]  # ggml order: ne[0] is the row length
     qtype: GGMLQuantizationType
-    offset: int                       # from the start of the data section
-    at: int                           # where the entry starts in the file, for error messages
+    offset: int  # from the start of the data section
+    at: int  # where the entry starts in the file, for error messages
 
     @property
     def nbytes(self) -> int:
@@ -241,8 +246,11 @@ class GGUFTableReader:
         """Claim the next ``n`` bytes for ``what``; returns where they start."""
         start, size = self.pos, len(self.data)
         if n > size - start:
-            raise self._error(f"{what} at byte {start} needs {n} bytes, but the file ends at byte {size} "
-                              "(a truncated download, or a corrupt length)", start)
+            raise self._error(
+                f"{what} at byte {start} needs {n} bytes, but the file ends at byte {size} "
+                "(a truncated download, or a corrupt length)",
+                start,
+            )
         self.pos += n
         return start
 
@@ -252,7 +260,7 @@ class GGUFTableReader:
     def _bytes(self, what: str) -> bytes:
         n = self._scalar("<Q", f"the length of {what}")
         start = self._take(n, what)
-        return bytes(self._view[start:start + n])
+        return bytes(self._view[start : start + n])
 
     def _name(self, what: str) -> str:
         """A key or tensor name: non-empty UTF-8."""
@@ -272,14 +280,20 @@ class GGUFTableReader:
         if version in GGUF_VERSIONS:
             return version
         if version & 0xFFFF == 0 and version:
-            problem = (f"the version at byte {at}, {version:#010x}, reads as a byte-swapped {version >> 24}: "
-                       "a big-endian GGUF file, which this reader does not support")
+            problem = (
+                f"the version at byte {at}, {version:#010x}, reads as a byte-swapped {version >> 24}: "
+                "a big-endian GGUF file, which this reader does not support"
+            )
         elif version == 1:
-            problem = (f"GGUF version 1 (at byte {at}) is no longer supported (llama.cpp dropped it in 2023); "
-                       "convert the model again")
+            problem = (
+                f"GGUF version 1 (at byte {at}) is no longer supported (llama.cpp dropped it in 2023); "
+                "convert the model again"
+            )
         else:
-            problem = (f"GGUF version {version} (at byte {at}) is not one this reader knows "
-                       f"({' and '.join(map(str, GGUF_VERSIONS))})")
+            problem = (
+                f"GGUF version {version} (at byte {at}) is not one this reader knows "
+                f"({' and '.join(map(str, GGUF_VERSIONS))})"
+            )
         raise self._error(problem, at)
 
     def _count(self, what: str, min_bytes: int) -> int:
@@ -289,8 +303,11 @@ class GGUFTableReader:
         n = self._scalar("<q", f"the {what} count")
         room = (len(self.data) - self.pos) // min_bytes
         if not 0 <= n <= room:
-            raise self._error(f"the header says the file has {n} {what}s (at byte {at}), but the "
-                              f"{len(self.data) - self.pos} bytes after it can hold at most {room}", at)
+            raise self._error(
+                f"the header says the file has {n} {what}s (at byte {at}), but the "
+                f"{len(self.data) - self.pos} bytes after it can hold at most {room}",
+                at,
+            )
         return n
 
     # ---- key-value pairs -------------------------------------------------------------------
@@ -309,8 +326,9 @@ class GGUFTableReader:
         at = self.pos
         type_id = self._scalar("<I", what)
         if type_id not in VALUE_TYPE_IDS:
-            raise self._error(f"{what} at byte {at} is {type_id}, not a GGUF value type "
-                              f"(0 to {max(VALUE_TYPE_IDS)})", at)
+            raise self._error(
+                f"{what} at byte {at} is {type_id}, not a GGUF value type (0 to {max(VALUE_TYPE_IDS)})", at
+            )
         return VALUE_TYPE_IDS[type_id]
 
     def _value(self, key: str):
@@ -323,8 +341,9 @@ class GGUFTableReader:
         at = self.pos
         item_type = self._value_type(f"the item type of array {key!r}")
         if item_type == GGUFValueType.ARRAY:
-            raise self._error(f"key {key!r} holds an array of arrays (at byte {at}), which llama.cpp "
-                              "does not read either", at)
+            raise self._error(
+                f"key {key!r} holds an array of arrays (at byte {at}), which llama.cpp does not read either", at
+            )
         self.value_types[key] = (vtype, item_type)
         count = self._scalar("<Q", f"the length of array {key!r}")
         if item_type == GGUFValueType.STRING:
@@ -340,10 +359,12 @@ class GGUFTableReader:
     def _strings(self, key: str, count: int) -> list[str]:
         at = self.pos
         if count * 8 > len(self.data) - at:  # each string has at least its 8-byte length
-            raise self._error(f"array {key!r} says it holds {count} strings (at byte {at}), more than "
-                              f"the {len(self.data) - at} bytes left can hold", at)
-        return [self._bytes(f"string {i} of array {key!r}").decode("utf-8", errors="replace")
-                for i in range(count)]
+            raise self._error(
+                f"array {key!r} says it holds {count} strings (at byte {at}), more than "
+                f"the {len(self.data) - at} bytes left can hold",
+                at,
+            )
+        return [self._bytes(f"string {i} of array {key!r}").decode("utf-8", errors="replace") for i in range(count)]
 
     def _alignment(self) -> int:
         key = "general.alignment"
@@ -362,8 +383,9 @@ class GGUFTableReader:
         for i in range(n_tensors):
             entry = self._tensor_entry(i)
             if entry.name in seen:
-                raise self._error(f"tensor {entry.name!r} appears twice in the tensor table "
-                                  f"(again at byte {entry.at})", entry.at)
+                raise self._error(
+                    f"tensor {entry.name!r} appears twice in the tensor table (again at byte {entry.at})", entry.at
+                )
             seen.add(entry.name)
             entries.append(entry)
         return entries
@@ -380,52 +402,70 @@ class GGUFTableReader:
 
     def _check_name_length(self, name: str, at: int) -> None:
         if len(name.encode()) > MAX_NAME_BYTES:
-            raise self._error(f"tensor name {name[:40]!r}... at byte {at} is {len(name.encode())} bytes long; "
-                              f"ggml allows at most {MAX_NAME_BYTES}", at)
+            raise self._error(
+                f"tensor name {name[:40]!r}... at byte {at} is {len(name.encode())} bytes long; "
+                f"ggml allows at most {MAX_NAME_BYTES}",
+                at,
+            )
 
     def _dims(self, name: str) -> tuple[int, ...]:
         at = self.pos
         n_dims = self._scalar("<I", f"the dimension count of tensor {name!r}")
         if not 1 <= n_dims <= MAX_DIMS:
-            raise self._error(f"tensor {name!r} has {n_dims} dimensions (at byte {at}); ggml allows 1 to "
-                              f"{MAX_DIMS}", at)
+            raise self._error(
+                f"tensor {name!r} has {n_dims} dimensions (at byte {at}); ggml allows 1 to {MAX_DIMS}", at
+            )
         ne = tuple(self._scalar("<q", f"dimension {d} of tensor {name!r}") for d in range(n_dims))
         if min(ne) <= 0:
-            raise self._error(f"tensor {name!r} has shape ne={list(ne)} (at byte {at}); every dimension "
-                              "must be at least 1", at)
+            raise self._error(
+                f"tensor {name!r} has shape ne={list(ne)} (at byte {at}); every dimension must be at least 1", at
+            )
         if int(np.prod(ne, dtype=object)) > INT64_MAX:
-            raise self._error(f"tensor {name!r} has shape ne={list(ne)} (at byte {at}), more elements than "
-                              "a 64-bit count can hold", at)
+            raise self._error(
+                f"tensor {name!r} has shape ne={list(ne)} (at byte {at}), more elements than a 64-bit count can hold",
+                at,
+            )
         return ne
 
     def _ggml_type(self, name: str) -> GGMLQuantizationType:
         at = self.pos
         type_id = self._scalar("<i", f"the ggml type of tensor {name!r}")
         if type_id not in GGML_TYPE_IDS:
-            raise self._error(f"tensor {name!r} has unknown ggml type {type_id} (at byte {at}); known types "
-                              f"are {min(GGML_TYPE_IDS)} to {max(GGML_TYPE_IDS)} with gaps (a file from a "
-                              "newer llama.cpp, or a corrupt table)", at)
+            raise self._error(
+                f"tensor {name!r} has unknown ggml type {type_id} (at byte {at}); known types "
+                f"are {min(GGML_TYPE_IDS)} to {max(GGML_TYPE_IDS)} with gaps (a file from a "
+                "newer llama.cpp, or a corrupt table)",
+                at,
+            )
         return GGML_TYPE_IDS[type_id]
 
     def _check_whole_blocks(self, name: str, ne: tuple[int, ...], qtype: GGMLQuantizationType, at: int) -> None:
         block_size = GGML_QUANT_SIZES[qtype][0]
         if ne[0] % block_size:
-            raise self._error(f"tensor {name!r} has rows of {ne[0]} weights, not a whole number of "
-                              f"{qtype.name} blocks ({block_size} weights each) (entry at byte {at})", at)
+            raise self._error(
+                f"tensor {name!r} has rows of {ne[0]} weights, not a whole number of "
+                f"{qtype.name} blocks ({block_size} weights each) (entry at byte {at})",
+                at,
+            )
 
     # ---- the data section ------------------------------------------------------------------
     def _placed(self, e: _TableEntry) -> TensorInfo:
         """The entry as a TensorInfo, once its bytes are known to lie inside the file."""
         start = self.data_offset + e.offset
         if e.offset % self.alignment:
-            raise self._error(f"tensor {e.name!r} starts at data offset {e.offset}, not a multiple of the "
-                              f"alignment {self.alignment} (entry at byte {e.at})", e.at)
+            raise self._error(
+                f"tensor {e.name!r} starts at data offset {e.offset}, not a multiple of the "
+                f"alignment {self.alignment} (entry at byte {e.at})",
+                e.at,
+            )
         if start + e.nbytes > len(self.data):
-            raise self._error(f"tensor {e.name!r} needs bytes {start} to {start + e.nbytes}, but the file "
-                              f"ends at byte {len(self.data)} (a truncated download, or a corrupt "
-                              f"offset or shape; entry at byte {e.at})", e.at)
-        return TensorInfo(name=e.name, shape=tuple(reversed(e.ne)), qtype=e.qtype, nbytes=e.nbytes,
-                          offset=start)
+            raise self._error(
+                f"tensor {e.name!r} needs bytes {start} to {start + e.nbytes}, but the file "
+                f"ends at byte {len(self.data)} (a truncated download, or a corrupt "
+                f"offset or shape; entry at byte {e.at})",
+                e.at,
+            )
+        return TensorInfo(name=e.name, shape=tuple(reversed(e.ne)), qtype=e.qtype, nbytes=e.nbytes, offset=start)
 
     def _check_layout(self, entries: list[_TableEntry]) -> None:
         """Tensors follow each other, each padded to the alignment: no overlap, no gap. A gap means some
@@ -433,14 +473,20 @@ class GGUFTableReader:
         end, before = 0, None
         for e in sorted(entries, key=lambda e: e.offset):
             if e.offset < end:
-                raise self._error(f"tensors {before.name!r} and {e.name!r} overlap: {before.name!r} ends at "
-                                  f"data offset {end}, {e.name!r} starts at {e.offset} "
-                                  f"(entry at byte {e.at})", e.at)
+                raise self._error(
+                    f"tensors {before.name!r} and {e.name!r} overlap: {before.name!r} ends at "
+                    f"data offset {end}, {e.name!r} starts at {e.offset} "
+                    f"(entry at byte {e.at})",
+                    e.at,
+                )
             if e.offset > _padded(end, self.alignment):
                 after = f"after tensor {before.name!r} ends" if before else "at the start of the data section"
-                raise self._error(f"tensor {e.name!r} starts at data offset {e.offset}, leaving "
-                                  f"{e.offset - end} unused bytes {after}: a shape or type in the table "
-                                  f"does not match the data (entry at byte {e.at})", e.at)
+                raise self._error(
+                    f"tensor {e.name!r} starts at data offset {e.offset}, leaving "
+                    f"{e.offset - end} unused bytes {after}: a shape or type in the table "
+                    f"does not match the data (entry at byte {e.at})",
+                    e.at,
+                )
             end, before = e.offset + e.nbytes, e
 
 

@@ -35,6 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..container.gguf_file import GGUFFile
+from .metrics import DEFAULT_N_CTX, _Scorer, chunks
 
 GGUF_VERSION = 3
 GGUF_ALIGNMENT = 32
@@ -85,8 +90,10 @@ class ImportanceMatrix:
     def __repr__(self) -> str:
         n_tokens = max((int(c.max()) for c in self.counts.values()), default=0)
         kind = "legacy .dat, ncall" if self.legacy else "tokens"
-        return (f"ImportanceMatrix({len(self)} matrices, {n_tokens} {kind}, {self.chunk_count} chunks of "
-                f"{self.chunk_size}, datasets {self.datasets})")
+        return (
+            f"ImportanceMatrix({len(self)} matrices, {n_tokens} {kind}, {self.chunk_count} chunks of "
+            f"{self.chunk_size}, datasets {self.datasets})"
+        )
 
 
 # ---- collecting ----------------------------------------------------------------------------------------
@@ -104,23 +111,29 @@ def matrix_inputs(config, process_output: bool = False) -> dict[str, list[str]]:
     return inputs
 
 
-def collect_imatrix(model, text, tokenizer=None, chunk_size: int | None = None, n_chunks: int | None = None,
-                    process_output: bool = False, add_bos: bool | None = None,
-                    datasets: list[str] | None = None, progress: bool = False) -> ImportanceMatrix:
+def collect_imatrix(
+    model,
+    text,
+    tokenizer=None,
+    chunk_size: int | None = None,
+    n_chunks: int | None = None,
+    process_output: bool = False,
+    add_bos: bool | None = None,
+    datasets: list[str] | None = None,
+    progress: bool = False,
+) -> ImportanceMatrix:
     """llama-imatrix's importance matrix of ``model`` (a StableLM with ``tokenizer``, or a GGUF path) over
     ``text`` (a string, or token ids): ``-c chunk_size`` (``--chunks n_chunks``, ``--process-output``).
     chunk_size defaults to llama-imatrix's 512, or the model's context if shorter. The sums are
     accumulated in float64 and stored as float32, as the file holds them."""
-    import torch
-
-    from .metrics import DEFAULT_N_CTX, _Scorer, chunks
-
     scorer = _Scorer.of(model, tokenizer, add_bos)
     chunk_size = chunk_size or min(DEFAULT_N_CTX, scorer.model.config.n_ctx)
     tokens = scorer.tokens(text)
     if len(tokens) < 2 * chunk_size:
-        raise ValueError(f"you need at least {2 * chunk_size} tokens for chunks of {chunk_size} tokens; the "
-                         f"text tokenizes to only {len(tokens)} (llama-imatrix refuses the same)")
+        raise ValueError(
+            f"you need at least {2 * chunk_size} tokens for chunks of {chunk_size} tokens; the "
+            f"text tokenizes to only {len(tokens)} (llama-imatrix refuses the same)"
+        )
     ids = chunks(tokens, chunk_size, scorer.add_bos, scorer.bos_id)[:n_chunks]
     model = scorer.model
     inputs = matrix_inputs(model.config, process_output)
@@ -132,17 +145,19 @@ def collect_imatrix(model, text, tokenizer=None, chunk_size: int | None = None, 
             x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
             sums[name] = sums[name] + (x * x).sum(0).cpu()
             seen[name] += x.shape[0]
+
         return hook
 
     hooks = {name: accumulate(name) for name in inputs}
-    from tqdm.auto import tqdm
-
     for chunk in tqdm(ids, desc="collecting", unit="chunk", disable=not progress):
         model.run_with_hooks(torch.as_tensor(chunk[None]), hooks)
     return ImportanceMatrix(
         sums={w: sums[a].numpy().astype(np.float32) for a, ws in inputs.items() for w in ws},
         counts={w: np.array([seen[a]], dtype=np.int64) for a, ws in inputs.items() for w in ws},
-        chunk_count=len(ids), chunk_size=chunk_size, datasets=list(datasets or []))
+        chunk_count=len(ids),
+        chunk_size=chunk_size,
+        datasets=list(datasets or []),
+    )
 
 
 # ---- llama.cpp's imatrix GGUF file ---------------------------------------------------------------------
@@ -151,10 +166,16 @@ def save_imatrix(imat: ImportanceMatrix, path) -> None:
     imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size; per matrix, in name order, the F32 tensors
     ``<name>.in_sum2`` (n_cols × n_mat) and ``<name>.counts`` (1 × n_mat), laid out as gguf.cpp writes them."""
     if imat.legacy:
-        raise ImatrixError("a legacy .dat matrix holds averages, not sums: llama.cpp converts it with the "
-                           "chunk size it was made with (llama-imatrix --in-file FILE.dat -c N)")
-    kvs = [_kv_str(KEY_TYPE, "imatrix"), _kv_str_array(KEY_DATASETS, imat.datasets),
-           _kv_u32(KEY_CHUNK_COUNT, imat.chunk_count), _kv_u32(KEY_CHUNK_SIZE, imat.chunk_size)]
+        raise ImatrixError(
+            "a legacy .dat matrix holds averages, not sums: llama.cpp converts it with the "
+            "chunk size it was made with (llama-imatrix --in-file FILE.dat -c N)"
+        )
+    kvs = [
+        _kv_str(KEY_TYPE, "imatrix"),
+        _kv_str_array(KEY_DATASETS, imat.datasets),
+        _kv_u32(KEY_CHUNK_COUNT, imat.chunk_count),
+        _kv_u32(KEY_CHUNK_SIZE, imat.chunk_size),
+    ]
     tensors = []  # (name, ne, float32 data)
     for name in sorted(imat.sums):
         counts = np.asarray(imat.counts[name])
@@ -162,13 +183,13 @@ def save_imatrix(imat: ImportanceMatrix, path) -> None:
         tensors.append((name + SUM_SUFFIX, (len(imat.sums[name]) // n_mat, n_mat), imat.sums[name]))
         tensors.append((name + COUNT_SUFFIX, (1, n_mat), counts))
     infos, offset = [], 0
-    for name, ne, data in tensors:
+    for name, ne, _ in tensors:
         infos.append(_gguf_str(name) + _tensor_dims(ne) + struct.pack("<IQ", GGML_TYPE_F32, offset))
         offset += _pad(4 * int(np.prod(ne)))
     head = b"GGUF" + struct.pack("<IQQ", GGUF_VERSION, len(tensors), len(kvs)) + b"".join(kvs) + b"".join(infos)
     with open(path, "wb") as f:
         f.write(head + bytes(_pad(len(head)) - len(head)))
-        for _, ne, data in tensors:
+        for *_, data in tensors:
             raw = np.asarray(data, dtype="<f4").tobytes()
             f.write(raw + bytes(_pad(len(raw)) - len(raw)))
 
@@ -187,8 +208,11 @@ def _kv_str(key: str, value: str) -> bytes:
 
 
 def _kv_str_array(key: str, values: list[str]) -> bytes:
-    return (_gguf_str(key) + struct.pack("<IIQ", GGUF_TYPE_ARRAY, GGUF_TYPE_STRING, len(values))
-            + b"".join(_gguf_str(v) for v in values))
+    return (
+        _gguf_str(key)
+        + struct.pack("<IIQ", GGUF_TYPE_ARRAY, GGUF_TYPE_STRING, len(values))
+        + b"".join(_gguf_str(v) for v in values)
+    )
 
 
 def _kv_u32(key: str, value: int) -> bytes:
@@ -213,18 +237,18 @@ def load_imatrix(path) -> ImportanceMatrix:
 
 
 def _load_gguf(path: Path) -> ImportanceMatrix:
-    from .gguf_file import GGUFFile
-
     g = GGUFFile(path)
     missing = [k for k in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE) if k not in g.metadata]
     if missing:
-        raise ImatrixError(f"{path}: missing imatrix metadata {', '.join(missing)} (llama-quantize refuses "
-                           f"such a file too); is it an imatrix file?")
+        raise ImatrixError(
+            f"{path}: missing imatrix metadata {', '.join(missing)} (llama-quantize refuses "
+            f"such a file too); is it an imatrix file?"
+        )
     pairs: dict[str, dict[str, object]] = {}
     for t in g.tensors:
         for suffix in (SUM_SUFFIX, COUNT_SUFFIX):
             if t.name.endswith(suffix):
-                pairs.setdefault(t.name[:-len(suffix)], {})[suffix] = t
+                pairs.setdefault(t.name[: -len(suffix)], {})[suffix] = t
     if not pairs:
         raise ImatrixError(f"{path}: no <tensor>.in_sum2 / <tensor>.counts entries: no importance data")
     sums, counts = {}, {}
@@ -234,18 +258,23 @@ def _load_gguf(path: Path) -> ImportanceMatrix:
             if suffix not in pair:
                 raise ImatrixError(f"{path}: {name} has {name}{other} but no {name}{suffix}")
             if pair[suffix].qtype.name != "F32":
-                raise ImatrixError(f"{path}: {name}{suffix} is {pair[suffix].qtype.name}; sums and counts "
-                                   f"must be F32")
+                raise ImatrixError(f"{path}: {name}{suffix} is {pair[suffix].qtype.name}; sums and counts must be F32")
         sums[name] = np.array(g.raw(name + SUM_SUFFIX)).view("<f4").reshape(-1).astype(np.float32)
         stored = np.array(g.raw(name + COUNT_SUFFIX)).view("<f4").reshape(-1)
         if not np.all(np.isfinite(stored)):
             raise ImatrixError(f"{path}: {name}.counts is not finite: {stored[~np.isfinite(stored)][:3]}")
-        counts[name] = np.rint(stored).astype(np.int64)   # llama.cpp: std::lround
+        counts[name] = np.rint(stored).astype(np.int64)  # llama.cpp: std::lround
         if len(counts[name]) == 0 or len(sums[name]) % len(counts[name]):
-            raise ImatrixError(f"{path}: {name}: {len(sums[name])} sums do not split into {len(counts[name])} "
-                               f"counts (one per matrix)")
-    return ImportanceMatrix(sums, counts, int(g.metadata[KEY_CHUNK_COUNT]), int(g.metadata[KEY_CHUNK_SIZE]),
-                            [str(d) for d in g.metadata[KEY_DATASETS]])
+            raise ImatrixError(
+                f"{path}: {name}: {len(sums[name])} sums do not split into {len(counts[name])} counts (one per matrix)"
+            )
+    return ImportanceMatrix(
+        sums,
+        counts,
+        int(g.metadata[KEY_CHUNK_COUNT]),
+        int(g.metadata[KEY_CHUNK_SIZE]),
+        [str(d) for d in g.metadata[KEY_DATASETS]],
+    )
 
 
 def _load_legacy(path: Path) -> ImportanceMatrix:
@@ -257,10 +286,12 @@ def _load_legacy(path: Path) -> ImportanceMatrix:
     def take(n: int, what: str) -> bytes:
         nonlocal pos
         if n < 0 or pos + n > len(data):
-            raise ImatrixError(f"{path}: not an imatrix file (neither GGUF nor a complete legacy .dat): "
-                               f"{what} runs past the end ({len(data)} bytes)")
+            raise ImatrixError(
+                f"{path}: not an imatrix file (neither GGUF nor a complete legacy .dat): "
+                f"{what} runs past the end ({len(data)} bytes)"
+            )
         pos += n
-        return data[pos - n:pos]
+        return data[pos - n : pos]
 
     def i32(what: str) -> int:
         return struct.unpack("<i", take(4, what))[0]
@@ -290,21 +321,22 @@ def _check_values(imat: ImportanceMatrix, path) -> None:
     for name, sums in imat.sums.items():
         bad = ~np.isfinite(sums)
         if bad.any():
-            raise ImatrixError(f"{path}: {name} has {bad.sum()} non-finite sums (first at column "
-                               f"{np.argmax(bad)}: {sums[bad][0]})")
+            raise ImatrixError(
+                f"{path}: {name} has {bad.sum()} non-finite sums (first at column {np.argmax(bad)}: {sums[bad][0]})"
+            )
         if (sums < 0).any():
             raise ImatrixError(f"{path}: {name} has negative sums of squares (column {np.argmax(sums < 0)})")
         if (imat.counts[name] <= 0).any():
-            raise ImatrixError(f"{path}: {name} has a count of {imat.counts[name].min()}: no tokens went into "
-                               f"its sums (llama-quantize would quietly weigh every column 1)")
+            raise ImatrixError(
+                f"{path}: {name} has a count of {imat.counts[name].min()}: no tokens went into "
+                f"its sums (llama-quantize would quietly weigh every column 1)"
+            )
 
 
 def check_imatrix(imat: ImportanceMatrix, model_file) -> None:
     """That ``imat`` fits the model in ``model_file`` (a GGUF path or GGUFFile): one entry per matrix that
     llama-imatrix collects (every 2-D blk.* weight), each as long as the matrix's rows (n_cols per
     expert), and no entry for a tensor the model lacks. ImatrixError naming the first tensor that does not."""
-    from .gguf_file import GGUFFile
-
     g = model_file if isinstance(model_file, GGUFFile) else GGUFFile(model_file)
     shapes = {t.name: t.shape for t in g.tensors}
     for name, sums in sorted(imat.sums.items()):
@@ -312,12 +344,16 @@ def check_imatrix(imat: ImportanceMatrix, model_file) -> None:
             raise ImatrixError(f"the importance matrix has {name}, which {g.path} does not: made for another model?")
         n_cols, n_mat = shapes[name][-1], int(np.prod(shapes[name][:-2])) if len(shapes[name]) > 2 else 1
         if len(sums) != n_cols * n_mat:
-            raise ImatrixError(f"{name}: the importance matrix has {len(sums)} values, the tensor in {g.path} "
-                               f"has {n_cols * n_mat} columns: made for another model?")
+            raise ImatrixError(
+                f"{name}: the importance matrix has {len(sums)} values, the tensor in {g.path} "
+                f"has {n_cols * n_mat} columns: made for another model?"
+            )
     for name, shape in shapes.items():
         if name.startswith("blk.") and name.endswith(".weight") and len(shape) >= 2 and name not in imat.sums:
-            raise ImatrixError(f"{name}: no importance data for this matrix (llama-imatrix collects every blk.* "
-                               f"matrix): the file is incomplete or for another model")
+            raise ImatrixError(
+                f"{name}: no importance data for this matrix (llama-imatrix collects every blk.* "
+                f"matrix): the file is incomplete or for another model"
+            )
 
 
 def imatrix_arguments(path, model_file) -> dict:
@@ -327,5 +363,9 @@ def imatrix_arguments(path, model_file) -> dict:
     ``imatrix_file`` (the path as given), ``imatrix_dataset`` (the first dataset), ``imatrix_chunks``."""
     imat = load_imatrix(path)
     check_imatrix(imat, model_file)
-    return {"imatrix": imat.importance(), "imatrix_file": str(path),
-            "imatrix_dataset": imat.datasets[0] if imat.datasets else None, "imatrix_chunks": imat.chunk_count}
+    return {
+        "imatrix": imat.importance(),
+        "imatrix_file": str(path),
+        "imatrix_dataset": imat.datasets[0] if imat.datasets else None,
+        "imatrix_chunks": imat.chunk_count,
+    }

@@ -12,12 +12,11 @@ import plotly.io as pio
 from plotly.io._base_renderers import PlotlyRenderer
 from plotly.subplots import make_subplots
 
-from .anatomy import block_fields, byte_owner, sub_block_size
-from .quants import QuantFormat
+from ..quants import QuantFormat
+from ..quants.anatomy import block_fields, byte_owner, sub_block_size
 
 #: the size of the stored picture of a figure (pixels); about the width of a notebook's output area
 PICTURE_WIDTH = 900
-
 
 
 _kaleido = {"started": False, "failed": False}
@@ -71,8 +70,9 @@ BYTES_PER_ROW = 32
 
 
 def _layout(fig: go.Figure, title: str, height: int) -> go.Figure:
-    fig.update_layout(title=dict(text=title, x=0.01), height=height,
-                      margin=dict(l=50, r=20, t=60, b=40), font=dict(size=12))
+    fig.update_layout(
+        title=dict(text=title, x=0.01), height=height, margin=dict(l=50, r=20, t=60, b=40), font=dict(size=12)
+    )
     return fig
 
 
@@ -98,24 +98,68 @@ def block_figure(fmt: QuantFormat, raw_block: np.ndarray, title: str | None = No
         text[r, c] = f"{byte:02x}"
         hover[r, c] = f"byte {i}<br>{field}<br>0x{byte:02x} = {byte} = {byte:08b}"
     weights = fmt.dequantize(raw_block)
-    fig = make_subplots(rows=2, cols=1, row_heights=[0.45, 0.55], vertical_spacing=0.16,
-                        subplot_titles=(f"{fmt.type_size} bytes, coloured by field (hex in each cell)",
-                                        f"{fmt.block_size} weights it decodes to"))
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        row_heights=[0.45, 0.55],
+        vertical_spacing=0.16,
+        subplot_titles=(
+            f"{fmt.type_size} bytes, coloured by field (hex in each cell)",
+            f"{fmt.block_size} weights it decodes to",
+        ),
+    )
     colorscale = _discrete_colorscale(len(names))
-    fig.add_trace(go.Heatmap(z=z.tolist(), text=text.tolist(), texttemplate="%{text}", textfont=dict(size=11),
-                             hovertext=hover.tolist(), hoverinfo="text", colorscale=colorscale,
-                             zmin=-0.5, zmax=len(names) - 0.5, showscale=False, xgap=2, ygap=2), row=1, col=1)
+    fig.add_trace(
+        go.Heatmap(
+            z=z.tolist(),
+            text=text.tolist(),
+            texttemplate="%{text}",
+            textfont=dict(size=11),
+            hovertext=hover.tolist(),
+            hoverinfo="text",
+            colorscale=colorscale,
+            zmin=-0.5,
+            zmax=len(names) - 0.5,
+            showscale=False,
+            xgap=2,
+            ygap=2,
+        ),
+        row=1,
+        col=1,
+    )
     for k, name in enumerate(names):  # a legend entry per field
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name,
-                                 marker=dict(size=12, symbol="square", color=PALETTE[k % len(PALETTE)])),
-                      row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=[None],
+                y=[None],
+                mode="markers",
+                name=name,
+                marker=dict(size=12, symbol="square", color=PALETTE[k % len(PALETTE)]),
+            ),
+            row=1,
+            col=1,
+        )
     sub = sub_block_size(fmt)
     tones = [SUB_BLOCK_TONES[(i // sub) % 2] for i in range(fmt.block_size)]
-    fig.add_trace(go.Bar(x=np.arange(fmt.block_size), y=weights, marker_color=tones, showlegend=False,
-                         hovertemplate="weight %{x}<br>%{y:.6g}<extra></extra>"), row=2, col=1)
-    fig.update_yaxes(autorange="reversed", tickvals=list(range(n_rows)),
-                     ticktext=[str(r * width) for r in range(n_rows)], title_text="first byte",
-                     row=1, col=1)
+    fig.add_trace(
+        go.Bar(
+            x=np.arange(fmt.block_size),
+            y=weights,
+            marker_color=tones,
+            showlegend=False,
+            hovertemplate="weight %{x}<br>%{y:.6g}<extra></extra>",
+        ),
+        row=2,
+        col=1,
+    )
+    fig.update_yaxes(
+        autorange="reversed",
+        tickvals=list(range(n_rows)),
+        ticktext=[str(r * width) for r in range(n_rows)],
+        title_text="first byte",
+        row=1,
+        col=1,
+    )
     fig.update_xaxes(title_text="byte within the row", dtick=8 if width > 16 else 2, row=1, col=1)
     fig.update_xaxes(title_text=f"weight index (sub-blocks of {sub} alternate in shade)", row=2, col=1)
     fig.update_yaxes(title_text="weight value", row=2, col=1)
@@ -136,14 +180,14 @@ def fields_table(fmt: QuantFormat, raw_block: np.ndarray, max_values: int = 8) -
     for f in block_fields(fmt, raw_block):
         values = ", ".join(f"{v:.6g}" if f.value.dtype.kind == "f" else str(v) for v in f.value[:max_values])
         more = " …" if f.value.size > max_values else ""
-        rows.append(f"<tr><td><b>{f.name}</b></td><td>{f.offset}–{f.end - 1}</td><td><code>{f.ctype}</code>"
-                    f"</td><td>{values}{more}</td></tr>")
-    return ("<table><tr><th>field</th><th>bytes</th><th>C type</th><th>value</th></tr>" + "".join(rows)
-            + "</table>")
+        rows.append(
+            f"<tr><td><b>{f.name}</b></td><td>{f.offset}–{f.end - 1}</td><td><code>{f.ctype}</code>"
+            f"</td><td>{values}{more}</td></tr>"
+        )
+    return "<table><tr><th>field</th><th>bytes</th><th>C type</th><th>value</th></tr>" + "".join(rows) + "</table>"
 
 
-def error_histogram(original: np.ndarray, decoded: np.ndarray, name: str,
-                    limit: float | None = None) -> go.Figure:
+def error_histogram(original: np.ndarray, decoded: np.ndarray, name: str, limit: float | None = None) -> go.Figure:
     """The distribution of decoded - original over a tensor, counted here (bars, not every weight sent to the
     browser). ``limit``: the x-axis spans ±limit whatever the format, so formats compare by eye."""
     fig = go.Figure()
@@ -166,45 +210,90 @@ def _add_error_histogram(fig: go.Figure, original, decoded, limit: float | None,
     edges = np.linspace(-limit, limit, 122)
     counts, _ = np.histogram(np.clip(err, -limit, limit), edges)
     centers = (edges[:-1] + edges[1:]) / 2
-    fig.add_trace(go.Bar(x=centers, y=np.where(counts > 0, counts, None), width=edges[1] - edges[0],
-                         marker_color=PALETTE[0], showlegend=False,
-                         hovertemplate="error %{x:.3g}<br>%{y} weights<extra></extra>"), **where)
+    fig.add_trace(
+        go.Bar(
+            x=centers,
+            y=np.where(counts > 0, counts, None),
+            width=edges[1] - edges[0],
+            marker_color=PALETTE[0],
+            showlegend=False,
+            hovertemplate="error %{x:.3g}<br>%{y} weights<extra></extra>",
+        ),
+        **where,
+    )
     fig.update_xaxes(range=[-limit, limit], **where)
 
 
-def quant_error_figure(original: np.ndarray, decoded: np.ndarray, block_scale: np.ndarray | None,
-                       block_rmse: np.ndarray, name: str, limit: float, scale_name: str = "block scale d",
-                       note: str = "") -> go.Figure:
+def quant_error_figure(
+    original: np.ndarray,
+    decoded: np.ndarray,
+    block_scale: np.ndarray | None,
+    block_rmse: np.ndarray,
+    name: str,
+    limit: float,
+    scale_name: str = "block scale d",
+    note: str = "",
+) -> go.Figure:
     """Left: the error histogram on a fixed x range (±limit, the same for every format). Right: each block's
     RMSE against its scale, where the format has one per block. ``note`` says what was sampled."""
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.5, 0.5], horizontal_spacing=0.12,
-                        subplot_titles=("error of each weight", f"error per block vs its {scale_name}"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.5, 0.5],
+        horizontal_spacing=0.12,
+        subplot_titles=("error of each weight", f"error per block vs its {scale_name}"),
+    )
     _add_error_histogram(fig, original, decoded, limit, row=1, col=1)
     fig.update_xaxes(title_text="decoded − original", row=1, col=1)
     fig.update_yaxes(title_text="weights", row=1, col=1, **_log_axis(fig.data[0].y))
     if block_scale is not None:
-        fig.add_trace(go.Scattergl(x=block_scale, y=block_rmse, mode="markers", showlegend=False,
-                                   marker=dict(size=4, opacity=0.5, color=PALETTE[0]),
-                                   hovertemplate="scale %{x:.3g}<br>RMSE %{y:.3g}<extra></extra>"), row=1, col=2)
+        fig.add_trace(
+            go.Scattergl(
+                x=block_scale,
+                y=block_rmse,
+                mode="markers",
+                showlegend=False,
+                marker=dict(size=4, opacity=0.5, color=PALETTE[0]),
+                hovertemplate="scale %{x:.3g}<br>RMSE %{y:.3g}<extra></extra>",
+            ),
+            row=1,
+            col=2,
+        )
     else:
-        fig.add_annotation(text="no per-block scale in this format", showarrow=False, font=dict(size=13),
-                           xref="x2 domain", yref="y2 domain", x=0.5, y=0.5)
+        fig.add_annotation(
+            text="no per-block scale in this format",
+            showarrow=False,
+            font=dict(size=13),
+            xref="x2 domain",
+            yref="y2 domain",
+            x=0.5,
+            y=0.5,
+        )
     fig.update_xaxes(title_text=scale_name, row=1, col=2, **_log_axis(block_scale if block_scale is not None else []))
     fig.update_yaxes(title_text="block RMSE", row=1, col=2, **_log_axis(block_rmse))
     title = f"Quantization error of {name}" + (f"<br><sup>{note}</sup>" if note else "")
     return _layout(fig, title, 420)
 
 
-def frontier_figure(formats: list[str], bits_per_weight: list[float], errors: list[float],
-                    error_name: str = "relative RMSE") -> go.Figure:
+def frontier_figure(
+    formats: list[str], bits_per_weight: list[float], errors: list[float], error_name: str = "relative RMSE"
+) -> go.Figure:
     """Bits per weight against error, one point per format: the price of each bit. Each label takes the first
     place around its point (right, left, above, below, ...) where it covers no other label and no other point,
     so the cluster at 4.25–4.5 bits stays readable."""
     height = 460
-    fig = go.Figure(go.Scatter(x=bits_per_weight, y=errors, mode="markers+text", text=formats,
-                               textposition=label_positions(bits_per_weight, errors, formats, height=height),
-                               textfont=dict(size=LABEL_PX), marker=dict(size=9, color=PALETTE[1]),
-                               hovertemplate="%{text}<br>%{x:.4g} bits/weight<br>%{y:.3g}<extra></extra>"))
+    fig = go.Figure(
+        go.Scatter(
+            x=bits_per_weight,
+            y=errors,
+            mode="markers+text",
+            text=formats,
+            textposition=label_positions(bits_per_weight, errors, formats, height=height),
+            textfont=dict(size=LABEL_PX),
+            marker=dict(size=9, color=PALETTE[1]),
+            hovertemplate="%{text}<br>%{x:.4g} bits/weight<br>%{y:.3g}<extra></extra>",
+        )
+    )
     fig.update_xaxes(title_text="bits per weight", range=_padded(bits_per_weight))
     fig.update_yaxes(title_text=error_name, **_log_axis(errors))
     return _layout(fig, "Bits per weight vs error", height)
@@ -212,8 +301,16 @@ def frontier_figure(formats: list[str], bits_per_weight: list[float], errors: li
 
 LABEL_PX = 11
 #: where a point's label may go, in order of preference: (plotly textposition, dx, dy) in label units
-_PLACES = [("middle right", 0.5, 0), ("middle left", -0.5, 0), ("top center", 0, 1), ("bottom center", 0, -1),
-           ("top right", 0.5, 1), ("bottom right", 0.5, -1), ("top left", -0.5, 1), ("bottom left", -0.5, -1)]
+_PLACES = [
+    ("middle right", 0.5, 0),
+    ("middle left", -0.5, 0),
+    ("top center", 0, 1),
+    ("bottom center", 0, -1),
+    ("top right", 0.5, 1),
+    ("bottom right", 0.5, -1),
+    ("top left", -0.5, 1),
+    ("bottom left", -0.5, -1),
+]
 
 
 def _padded(values, pad: float = 0.08) -> list[float]:
@@ -227,7 +324,7 @@ def label_positions(x, y, labels, width: int = 700, height: int = 460) -> list[s
     narrower than the stored picture and a notebook in JupyterLab, so labels apart there are apart in both)."""
     x, y = np.asarray(x, np.float64), np.log10(np.asarray(y, np.float64))
     (x0, x1), (y0, y1) = _padded(x), _padded(y)
-    px = (x - x0) / (x1 - x0) * (width - 150)              # the plot area, less margins and axis labels
+    px = (x - x0) / (x1 - x0) * (width - 150)  # the plot area, less margins and axis labels
     py = (y - y0) / (y1 - y0 or 1) * (height - 100)
     boxes, positions = [], [""] * len(x)
     markers = [(a - 5, b - 5, a + 5, b + 5) for a, b in zip(px, py)]
@@ -235,7 +332,7 @@ def label_positions(x, y, labels, width: int = 700, height: int = 460) -> list[s
         w, h = 0.62 * LABEL_PX * len(labels[i]) + 4, LABEL_PX + 4
         others = boxes + [m for j, m in enumerate(markers) if j != i]
         best = None
-        for place, dx, dy in _PLACES:   # the first free place; where none is free, the least covered
+        for place, dx, dy in _PLACES:  # the first free place; where none is free, the least covered
             cx, cy = px[i] + dx * (w + 14), py[i] + dy * (h + 4)
             box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
             covered = sum(_overlap(box, o) for o in others)
@@ -264,8 +361,9 @@ def _log_axis(values) -> dict:
 
 def block_error_figure(block_scale: np.ndarray, block_rmse: np.ndarray, name: str) -> go.Figure:
     """Each block's RMSE against its scale d: the error grows with the scale, block by block."""
-    fig = go.Figure(go.Scattergl(x=block_scale, y=block_rmse, mode="markers",
-                                 marker=dict(size=4, opacity=0.5, color=PALETTE[0])))
+    fig = go.Figure(
+        go.Scattergl(x=block_scale, y=block_rmse, mode="markers", marker=dict(size=4, opacity=0.5, color=PALETTE[0]))
+    )
     fig.update_xaxes(title_text="block scale d", **_log_axis(block_scale))
     fig.update_yaxes(title_text="block RMSE", **_log_axis(block_rmse))
     return _layout(fig, f"Error per block vs its scale: {name}", 380)
@@ -276,13 +374,20 @@ def rotary_figure(head_dim: int, n_rot: int, base: float, n_positions: int = 32)
     """The angle each dim pair of one head turns by, per position: only the first n_rot dims turn."""
     half = n_rot // 2
     inv_freq = base ** (-np.arange(half) * 2 / n_rot)
-    angle = np.outer(np.arange(n_positions), inv_freq) % (2 * np.pi)      # (positions, pairs)
+    angle = np.outer(np.arange(n_positions), inv_freq) % (2 * np.pi)  # (positions, pairs)
     z = np.full((n_positions, head_dim), np.nan)
     z[:, :half] = angle
-    z[:, half:n_rot] = angle                                               # dim i + n_rot/2 turns with dim i
-    fig = go.Figure(go.Heatmap(z=z, colorscale="Twilight", zmin=0, zmax=2 * np.pi,
-                               colorbar=dict(title="angle"),
-                               hovertemplate="position %{y}<br>dim %{x}<br>angle %{z:.2f} rad<extra></extra>"))
+    z[:, half:n_rot] = angle  # dim i + n_rot/2 turns with dim i
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            colorscale="Twilight",
+            zmin=0,
+            zmax=2 * np.pi,
+            colorbar=dict(title="angle"),
+            hovertemplate="position %{y}<br>dim %{x}<br>angle %{z:.2f} rad<extra></extra>",
+        )
+    )
     fig.add_vline(x=n_rot - 0.5, line=dict(color="black", dash="dash"))
     fig.update_xaxes(title_text=f"dim of the head (dims {n_rot}..{head_dim - 1}: not rotated)")
     fig.update_yaxes(title_text="position", autorange="reversed")
@@ -292,9 +397,18 @@ def rotary_figure(head_dim: int, n_rot: int, base: float, n_positions: int = 32)
 def attention_figure(probs: np.ndarray, tokens: list[str], title: str) -> go.Figure:
     """Attention probabilities of one head: query positions (rows) over key positions (columns)."""
     labels = [f"{i}:{visible_token(t)}" for i, t in enumerate(tokens)]
-    fig = go.Figure(go.Heatmap(z=probs, x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1,
-                               colorbar=dict(title=dict(text="p", side="right")),
-                               hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.3f}<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=probs,
+            x=labels,
+            y=labels,
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            colorbar=dict(title=dict(text="p", side="right")),
+            hovertemplate="query %{y}<br>key %{x}<br>p = %{z:.3f}<extra></extra>",
+        )
+    )
     fig.update_xaxes(title_text="key", tickangle=-60, showticklabels=len(tokens) <= 48)
     fig.update_yaxes(title_text="query", autorange="reversed", showticklabels=len(tokens) <= 48)
     return _layout(fig, title, 520)
@@ -304,8 +418,15 @@ def layer_lines_figure(series: dict[str, np.ndarray], title: str, y_title: str, 
     """One line per named series over the layers (x = layer index)."""
     fig = go.Figure()
     for k, (name, values) in enumerate(series.items()):
-        fig.add_trace(go.Scatter(x=np.arange(len(values)), y=values, mode="lines+markers", name=name,
-                                 line=dict(color=PALETTE[k % len(PALETTE)])))
+        fig.add_trace(
+            go.Scatter(
+                x=np.arange(len(values)),
+                y=values,
+                mode="lines+markers",
+                name=name,
+                line=dict(color=PALETTE[k % len(PALETTE)]),
+            )
+        )
     fig.update_xaxes(title_text="layer", dtick=1)
     fig.update_yaxes(title_text=y_title, type="log" if log else "linear")
     return _layout(fig, title, 380)
@@ -317,31 +438,43 @@ def visible_token(text: str, limit: int = 10) -> str:
     for raw, seen in ((" ", "·"), ("Ġ", "·"), ("\n", "↵"), ("Ċ", "↵"), ("\t", "→"), ("ĉ", "→")):
         text = text.replace(raw, seen)  # Ġ Ċ ĉ: how byte-level BPE vocabularies spell space, newline, tab
     shown = text or "∅"
-    return shown if len(shown) <= limit else shown[:limit - 1] + "…"
+    return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
 def logit_lens_figure(top_prob: np.ndarray, top_token: list[list[str]], tokens: list[str]) -> go.Figure:
     """Per input position (rows) and layer (columns): the top next token read from the residual stream,
     written in its cell at 11 px with its whitespace made visible, shaded by its probability."""
-    top_prob = np.asarray(top_prob)                              # (layers, positions)
+    top_prob = np.asarray(top_prob)  # (layers, positions)
     n_layer, n_pos = top_prob.shape
     text = [[visible_token(top_token[layer][pos]) for layer in range(n_layer)] for pos in range(n_pos)]
-    fig = go.Figure(go.Heatmap(z=top_prob.T, text=text, texttemplate="%{text}", textfont=dict(size=11),
-                               colorscale="Greens", zmin=0, zmax=1, x=list(range(n_layer)),
-                               y=[f"{i}:{visible_token(t)}" for i, t in enumerate(tokens)], xgap=1, ygap=1,
-                               colorbar=dict(title=dict(text="p(top token)", side="right")),
-                               hovertemplate="position %{y}<br>after layer %{x}<br>top: %{text} "
-                                             "(p = %{z:.2f})<extra></extra>"))
+    fig = go.Figure(
+        go.Heatmap(
+            z=top_prob.T,
+            text=text,
+            texttemplate="%{text}",
+            textfont=dict(size=11),
+            colorscale="Greens",
+            zmin=0,
+            zmax=1,
+            x=list(range(n_layer)),
+            y=[f"{i}:{visible_token(t)}" for i, t in enumerate(tokens)],
+            xgap=1,
+            ygap=1,
+            colorbar=dict(title=dict(text="p(top token)", side="right")),
+            hovertemplate="position %{y}<br>after layer %{x}<br>top: %{text} (p = %{z:.2f})<extra></extra>",
+        )
+    )
     fig.update_xaxes(title_text="after layer", dtick=1)
     fig.update_yaxes(title_text="input position: token (· space, ↵ newline)", autorange="reversed")
     return _layout(fig, "Logit lens: the next token each layer would predict", max(360, 80 + 22 * n_pos))
 
 
-SAMPLING_Y_FLOOR = 1e-4   # the log axis starts here, fixed: bars keep their height from one setting to the next
+SAMPLING_Y_FLOOR = 1e-4  # the log axis starts here, fixed: bars keep their height from one setting to the next
 
 
-def sampling_orders_figure(tokens: list[str], panels: dict[str, tuple[np.ndarray, np.ndarray]],
-                           title: str) -> go.Figure:
+def sampling_orders_figure(
+    tokens: list[str], panels: dict[str, tuple[np.ndarray, np.ndarray]], title: str
+) -> go.Figure:
     """The same next tokens under each sampler, one panel per sampler (``panels``: name -> (drawn, tempered)).
 
     ``drawn`` is the probability each token is drawn with (0 where the sampler dropped it), ``tempered``
@@ -350,18 +483,26 @@ def sampling_orders_figure(tokens: list[str], panels: dict[str, tuple[np.ndarray
     (1e-4 to 1) so that bars can be compared across settings and panels.
     """
     names = list(panels)
-    fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True, horizontal_spacing=0.04,
-                        subplot_titles=names)
+    fig = make_subplots(rows=1, cols=len(names), shared_yaxes=True, horizontal_spacing=0.04, subplot_titles=names)
     labels = [repr(t) for t in tokens]
     for k, (name, (drawn, tempered)) in enumerate(panels.items()):
         bars = sampling_bars(drawn, tempered, PALETTE[k % len(PALETTE)])
-        fig.add_trace(go.Bar(x=labels, name=name, showlegend=False, **bars,
-                             hovertemplate="%{x}<br>p = %{y:.4f}<br>%{customdata}<extra></extra>"),
-                      row=1, col=k + 1)
+        fig.add_trace(
+            go.Bar(
+                x=labels,
+                name=name,
+                showlegend=False,
+                **bars,
+                hovertemplate="%{x}<br>p = %{y:.4f}<br>%{customdata}<extra></extra>",
+            ),
+            row=1,
+            col=k + 1,
+        )
         fig.update_xaxes(tickangle=-60, title_text="next token (most likely first)", row=1, col=k + 1)
-    ticks = [10.0 ** e for e in range(int(np.log10(SAMPLING_Y_FLOOR)), 1)]
-    fig.update_yaxes(type="log", range=[np.log10(SAMPLING_Y_FLOOR), 0], tickvals=ticks,
-                     ticktext=[f"{t:g}" for t in ticks])
+    ticks = [10.0**e for e in range(int(np.log10(SAMPLING_Y_FLOOR)), 1)]
+    fig.update_yaxes(
+        type="log", range=[np.log10(SAMPLING_Y_FLOOR), 0], tickvals=ticks, ticktext=[f"{t:g}" for t in ticks]
+    )
     fig.update_yaxes(title_text="probability (log scale)", row=1, col=1)
     fig = _layout(fig, title, 460)
     fig.update_layout(margin=dict(t=110))
@@ -372,17 +513,22 @@ def sampling_bars(drawn: np.ndarray, tempered: np.ndarray, color: str) -> dict:
     """Heights, colours and hover notes of one sampler's bars (kept: drawn probability; dropped: grey)."""
     drawn, tempered = np.asarray(drawn, dtype=float), np.asarray(tempered, dtype=float)
     kept = drawn > 0
-    return {"y": np.where(kept, drawn, tempered),
-            "marker": {"color": [color if k else "#BBBBBB" for k in kept]},
-            "customdata": ["kept" if k else "dropped (grey: its probability before the cut)" for k in kept]}
+    return {
+        "y": np.where(kept, drawn, tempered),
+        "marker": {"color": [color if k else "#BBBBBB" for k in kept]},
+        "customdata": ["kept" if k else "dropped (grey: its probability before the cut)" for k in kept],
+    }
 
 
 def kept_by_temperature_figure(temperatures: np.ndarray, kept: dict[str, np.ndarray], title: str) -> go.Figure:
     """How many tokens each sampler leaves in play (y) as the temperature changes (x), one line per sampler."""
     fig = go.Figure()
     for k, (name, counts) in enumerate(kept.items()):
-        fig.add_trace(go.Scatter(x=temperatures, y=counts, mode="lines+markers", name=name,
-                                 line=dict(color=PALETTE[k % len(PALETTE)])))
+        fig.add_trace(
+            go.Scatter(
+                x=temperatures, y=counts, mode="lines+markers", name=name, line=dict(color=PALETTE[k % len(PALETTE)])
+            )
+        )
     fig.update_xaxes(title_text="temperature")
     fig.update_yaxes(title_text="tokens that can be drawn", rangemode="tozero")
     fig.update_layout(legend=dict(orientation="h", y=-0.25))
@@ -390,8 +536,9 @@ def kept_by_temperature_figure(temperatures: np.ndarray, kept: dict[str, np.ndar
 
 
 def per_position_figure(values: np.ndarray, tokens: list[str], title: str, y_title: str) -> go.Figure:
-    fig = go.Figure(go.Bar(x=[f"{i}:{visible_token(t)}" for i, t in enumerate(tokens)], y=values,
-                           marker_color=PALETTE[3]))
+    fig = go.Figure(
+        go.Bar(x=[f"{i}:{visible_token(t)}" for i, t in enumerate(tokens)], y=values, marker_color=PALETTE[3])
+    )
     fig.update_xaxes(title_text="input position: token", tickangle=-60)
     fig.update_yaxes(title_text=y_title)
     return _layout(fig, title, 360)
