@@ -64,7 +64,7 @@ def quantize_gguf(
     path as given to --imatrix, cut to 127 bytes), quantize.imatrix.dataset = ``imatrix_dataset`` (the
     file's first imatrix.datasets entry, when there is one), quantize.imatrix.entries_count = the
     number of entries in ``imatrix``, quantize.imatrix.chunks_count = ``imatrix_chunks`` (the file's
-    imatrix.chunk_count, when above 0). The imatrix also changes one rule of the mixes (mixes.py).
+    imatrix.chunk_count, when above 0). The imatrix also changes one rule of the mixes (rules.py).
     """
     src, dst, mix = Path(src), Path(dst), get_mix(mix)
     if dst.resolve() == src.resolve():
