@@ -23,7 +23,7 @@ PICTURE_WIDTH = 900
 _kaleido = {"started": False, "failed": False}
 
 
-def picture(fig: go.Figure | dict) -> bytes | None:
+def picture(fig: go.Figure | go.FigureWidget | dict) -> bytes | None:
     """A PNG of ``fig`` (a figure or its dict) drawn by kaleido in Chromium, offline; None where kaleido or a
     Chrome binary is missing (the interactive figure still shows in JupyterLab). ``BROWSER_PATH`` names the
     binary if it is not found on its own (/usr/bin/chromium is). One Chromium serves every picture of the

@@ -10,7 +10,7 @@ itself (and llama.cpp's other order) is in ``sampling``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer
@@ -38,35 +38,19 @@ def generate(
     ``top_p``, softmax, one draw (``sampling.card_probs``).
     Stops after ``max_new_tokens`` or at the end-of-sequence token.
     """
-    pieces = stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_p, top_k, do_sample, seed)
+    prompt_ids = tokenizer.encode(prompt).ids
+    new_ids = generate_ids(
+        model, prompt_ids, max_new_tokens, temperature, top_p, top_k, do_sample, seed, eos_id(tokenizer)
+    )
+    pieces = stream_text(tokenizer, new_ids)
     return pieces if stream else "".join(pieces)
 
 
-def stream_text(
-    model: StableLM,
-    tokenizer: Tokenizer,
-    prompt: str,
-    max_new_tokens: int = 64,
-    temperature: float = 0.75,
-    top_p: float = 0.95,
-    top_k: int | None = 50,
-    do_sample: bool = True,
-    seed: int | None = None,
-) -> Iterator[str]:
-    """Yield the new text as tokens arrive; a piece is held back while it ends inside a UTF-8 character."""
+def stream_text(tokenizer: Tokenizer, new_ids: Iterable[int]) -> Iterator[str]:
+    """Yield the new text as token ids arrive; a piece is held back while it ends inside a UTF-8 character."""
     ids: list[int] = []
     shown = ""
-    for token in generate_ids(
-        model,
-        tokenizer.encode(prompt).ids,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        do_sample,
-        seed,
-        eos_id(tokenizer),
-    ):
+    for token in new_ids:
         ids.append(token)
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # byte-level BPE can split a character across tokens
