@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---- the commands ----------------------------------------------------------------------------------------
-def cmd_inspect(args) -> None:
+def cmd_inspect(args: argparse.Namespace) -> None:
     from gguf import LlamaFileType
 
     from .container.gguf_file import GGUFFile
@@ -185,7 +185,7 @@ def _short(value, full: bool) -> str:
     return text if full or len(text) <= 200 else text[:200] + "..."
 
 
-def cmd_dequant(args) -> None:
+def cmd_dequant(args: argparse.Namespace) -> None:
     import numpy as np
 
     from .analysis.tensor_stats import nonfinite_blocks
@@ -222,7 +222,7 @@ def cmd_dequant(args) -> None:
         print(f"  saved float32 {w.shape} to {args.npy}")
 
 
-def cmd_quantize(args) -> None:
+def cmd_quantize(args: argparse.Namespace) -> None:
     from .mixes.quantize_file import quantize_gguf
     from .mixes.rules import mix_size
 
@@ -243,7 +243,7 @@ def cmd_quantize(args) -> None:
     )
 
 
-def cmd_imatrix(args) -> None:
+def cmd_imatrix(args: argparse.Namespace) -> None:
     from .analysis.imatrix import collect_imatrix, save_imatrix
 
     text = Path(args.text).read_text(encoding="utf-8")
@@ -264,7 +264,7 @@ def cmd_imatrix(args) -> None:
     )
 
 
-def cmd_explain_mix(args) -> None:
+def cmd_explain_mix(args: argparse.Namespace) -> None:
     from .container.gguf_file import GGUFFile
     from .mixes.rules import explain_mix, get_mix, mix_size
 
@@ -280,7 +280,7 @@ def cmd_explain_mix(args) -> None:
     )
 
 
-def cmd_generate(args) -> None:
+def cmd_generate(args: argparse.Namespace) -> None:
     from .model import StableLM
     from .text.generate import generate
     from .text.tokenizer import load_tokenizer
@@ -303,7 +303,7 @@ def cmd_generate(args) -> None:
     print()
 
 
-def cmd_compare(args) -> None:
+def cmd_compare(args: argparse.Namespace) -> None:
     from .analysis.metrics import kl_divergence, tensor_error
     from .container.gguf_file import GGUFFile
 
@@ -348,7 +348,7 @@ def _compare_text(args) -> str | None:
         return None
 
 
-def cmd_bench(args) -> None:
+def cmd_bench(args: argparse.Namespace) -> None:
     from .analysis.bench import run_dequant
 
     print(run_dequant(args))

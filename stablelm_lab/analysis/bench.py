@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import gguf
 import numpy as np
@@ -25,7 +26,7 @@ from .. import quants
 from ..quants import base
 
 
-def best_seconds(fn, repeat: int, sync=lambda: None) -> float:
+def best_seconds(fn: Callable[[], object], repeat: int, sync: Callable[[], None] = lambda: None) -> float:
     """The fastest of ``repeat`` timed calls after one warm-up; ``sync`` waits for a GPU's queued work."""
     fn()  # warm-up: first-touch page faults and lazy initialisation are not the kernel's speed
     sync()
@@ -45,14 +46,14 @@ def copy_bandwidth(n_bytes: int = 512 << 20, repeat: int = 3) -> float:
     return 2 * n_bytes / best_seconds(lambda: np.copyto(dst, src), repeat)
 
 
-def device_copy_bandwidth(device, n_bytes: int = 2 << 30, repeat: int = 10) -> float:
+def device_copy_bandwidth(device: str | torch.device, n_bytes: int = 2 << 30, repeat: int = 10) -> float:
     """The same for a GPU's own memory: a device-to-device copy."""
     src = torch.ones(n_bytes // 4, device=device)
     dst = torch.empty_like(src)
     return 2 * n_bytes / best_seconds(lambda: dst.copy_(src), repeat, device_sync(device))
 
 
-def device_sync(device):
+def device_sync(device: str | torch.device) -> Callable[[], None]:
     """A function that waits for ``device``'s queued kernels (nothing to wait for on the CPU)."""
     return (lambda: torch.cuda.synchronize(device)) if torch.device(device).type == "cuda" else (lambda: None)
 
@@ -66,7 +67,7 @@ def fresh_write_rates(n_weights: int, repeat: int) -> dict:
     }
 
 
-def realistic_blocks(fmt, n_rows: int, n_cols: int, seed: int = 0) -> np.ndarray:
+def realistic_blocks(fmt: quants.QuantFormat, n_rows: int, n_cols: int, seed: int = 0) -> np.ndarray:
     """Random quant bytes whose float fields hold plausible scales (no NaN, inf or subnormal results)."""
     rng = np.random.default_rng(seed)
     raw = rng.integers(0, 256, (n_rows, n_cols // fmt.block_size * fmt.type_size), dtype=np.uint8)

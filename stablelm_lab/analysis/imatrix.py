@@ -31,14 +31,18 @@ badly.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from ..container.gguf_file import GGUFFile
+from ..container.gguf_file import GGUFFile, PathLike
+from ..model import StableLM
+from ..model.config import StableLMConfig
 from .metrics import DEFAULT_N_CTX, _Scorer, chunks
 
 GGUF_VERSION = 3
@@ -97,7 +101,7 @@ class ImportanceMatrix:
 
 
 # ---- collecting ----------------------------------------------------------------------------------------
-def matrix_inputs(config, process_output: bool = False) -> dict[str, list[str]]:
+def matrix_inputs(config: StableLMConfig, process_output: bool = False) -> dict[str, list[str]]:
     """{activation name: the weights it is the input of}: which named activation each matrix multiplies."""
     inputs: dict[str, list[str]] = {}
     for i in range(config.n_layer):
@@ -112,9 +116,9 @@ def matrix_inputs(config, process_output: bool = False) -> dict[str, list[str]]:
 
 
 def collect_imatrix(
-    model,
-    text,
-    tokenizer=None,
+    model: StableLM | PathLike,
+    text: str | Iterable[int],
+    tokenizer: Tokenizer | None = None,
     chunk_size: int | None = None,
     n_chunks: int | None = None,
     process_output: bool = False,
@@ -161,7 +165,7 @@ def collect_imatrix(
 
 
 # ---- llama.cpp's imatrix GGUF file ---------------------------------------------------------------------
-def save_imatrix(imat: ImportanceMatrix, path) -> None:
+def save_imatrix(imat: ImportanceMatrix, path: PathLike) -> None:
     """Write llama-imatrix's GGUF file (``IMatrixCollector::save_imatrix``): keys general.type = "imatrix",
     imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size; per matrix, in name order, the F32 tensors
     ``<name>.in_sum2`` (n_cols × n_mat) and ``<name>.counts`` (1 × n_mat), laid out as gguf.cpp writes them."""
@@ -225,7 +229,7 @@ def _tensor_dims(ne: tuple[int, ...]) -> bytes:
     return struct.pack(f"<I{n_dims}Q", n_dims, *ne[:n_dims])
 
 
-def load_imatrix(path) -> ImportanceMatrix:
+def load_imatrix(path: PathLike) -> ImportanceMatrix:
     """Read an imatrix file: llama.cpp's GGUF format, or the legacy .dat (common/imatrix-loader.cpp).
     A malformed entry raises ImatrixError naming the tensor."""
     path = Path(path)
@@ -333,7 +337,7 @@ def _check_values(imat: ImportanceMatrix, path) -> None:
             )
 
 
-def check_imatrix(imat: ImportanceMatrix, model_file) -> None:
+def check_imatrix(imat: ImportanceMatrix, model_file: PathLike | GGUFFile) -> None:
     """That ``imat`` fits the model in ``model_file`` (a GGUF path or GGUFFile): one entry per matrix that
     llama-imatrix collects (every 2-D blk.* weight), each as long as the matrix's rows (n_cols per
     expert), and no entry for a tensor the model lacks. ImatrixError naming the first tensor that does not."""
@@ -356,7 +360,7 @@ def check_imatrix(imat: ImportanceMatrix, model_file) -> None:
             )
 
 
-def imatrix_arguments(path, model_file) -> dict:
+def imatrix_arguments(path: PathLike, model_file: PathLike | GGUFFile) -> dict:
     """What ``quantize_gguf`` needs to write ``llama-quantize --imatrix path``'s file, read from an imatrix
     file and checked against the model it will quantize: ``imatrix`` = {tensor name: importance vector, as
     llama-quantize computes it}, and what its output records of the file (the quantize.imatrix.* keys):

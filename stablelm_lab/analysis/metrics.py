@@ -29,15 +29,18 @@ Q4_K_M: the fourth significant digit at most.)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
-from ..container.gguf_file import GGUFFile
+from ..container.gguf_file import GGUFFile, PathLike
 from ..model import StableLM
 from ..text.tokenizer import load_tokenizer
 
+Weights = np.ndarray | torch.Tensor  # a tensor's values, as numpy or torch holds them
 # ---- tensors ---------------------------------------------------------------------------------------------
 
 
@@ -47,16 +50,16 @@ def _f64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
-def rmse(reference, approx) -> float:
+def rmse(reference: Weights, approx: Weights) -> float:
     """Root mean square of the error."""
     return float(np.sqrt(np.mean((_f64(approx) - _f64(reference)) ** 2)))
 
 
-def max_abs_error(reference, approx) -> float:
+def max_abs_error(reference: Weights, approx: Weights) -> float:
     return float(np.max(np.abs(_f64(approx) - _f64(reference))))
 
 
-def snr_db(reference, approx) -> float:
+def snr_db(reference: Weights, approx: Weights) -> float:
     """Signal-to-noise ratio in decibels: 10·log10(Σ reference² / Σ error²); +inf when exact. Each extra
     bit of a uniform quantizer buys about 6 dB."""
     ref = _f64(reference)
@@ -74,7 +77,7 @@ class TensorError:
         return f"RMSE {self.rmse:.4g}, SNR {self.snr_db:.2f} dB, max |error| {self.max_abs:.4g}"
 
 
-def tensor_error(reference, approx) -> TensorError:
+def tensor_error(reference: Weights, approx: Weights) -> TensorError:
     if np.shape(reference) != np.shape(approx):
         raise ValueError(f"shapes differ: {np.shape(reference)} vs {np.shape(approx)}")
     return TensorError(rmse(reference, approx), snr_db(reference, approx), max_abs_error(reference, approx))
@@ -303,7 +306,7 @@ def chunks(tokens: list[int], n_ctx: int, add_bos: bool = False, bos_id: int | N
     return out
 
 
-def scored_log_probs(model, chunk_ids: np.ndarray):
+def scored_log_probs(model: StableLM, chunk_ids: np.ndarray) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
     """Log-probabilities (float64) at the scored positions of each chunk, and the tokens they predict:
     yields (log_probs (B, n_score, n_vocab) torch tensor, targets (B, n_score) numpy)."""
     n_chunk, n_ctx = chunk_ids.shape
@@ -322,7 +325,13 @@ def _take(log_probs, targets: np.ndarray) -> np.ndarray:
     return log_probs.gather(-1, index)[..., 0].cpu().numpy().reshape(-1)
 
 
-def perplexity(model, text, tokenizer=None, n_ctx: int | None = None, add_bos: bool | None = None) -> Perplexity:
+def perplexity(
+    model: StableLM | PathLike,
+    text: str | Iterable[int],
+    tokenizer: Tokenizer | None = None,
+    n_ctx: int | None = None,
+    add_bos: bool | None = None,
+) -> Perplexity:
     """llama-perplexity's perplexity of ``text`` (a string, or token ids) under ``model`` (a StableLM with
     ``tokenizer``, or a GGUF path, whose tokenizer and BOS rule are then read from the file)."""
     scorer = _Scorer.of(model, tokenizer, add_bos)
@@ -333,7 +342,12 @@ def perplexity(model, text, tokenizer=None, n_ctx: int | None = None, add_bos: b
 
 
 def kl_divergence(
-    model_base, model, text, tokenizer=None, n_ctx: int | None = None, add_bos: bool | None = None
+    model_base: StableLM | PathLike,
+    model: StableLM | PathLike,
+    text: str | Iterable[int],
+    tokenizer: Tokenizer | None = None,
+    n_ctx: int | None = None,
+    add_bos: bool | None = None,
 ) -> KLDivergence:
     """llama-perplexity --kl-divergence: ``model`` (e.g. Q4_K_M) against ``model_base`` (e.g. F16) on the
     same chunks of ``text``; the base model's tokenizer and BOS rule are used for both."""

@@ -11,12 +11,13 @@ name these blocks instead.
 from __future__ import annotations
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from .. import quants
 from ..quants.base import CHUNK_WEIGHTS
 
 
-def nonfinite_blocks(raw, qtype) -> np.ndarray:
+def nonfinite_blocks(raw: np.ndarray, qtype: GGMLQuantizationType | str | int) -> np.ndarray:
     """Indices of the blocks whose decoded weights include NaN or ±inf, counting blocks over all rows in
     file order (for F32/F16/BF16 a block is one weight). Block ``i`` of a (rows, row_bytes) tensor sits in
     row ``i // blocks_per_row``, with ``blocks_per_row = row_bytes // type_size``."""

@@ -36,6 +36,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .. import quants
 
+PathLike = str | os.PathLike[str]  # where a file is: a str or a pathlib.Path
+
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)  # version 1 (32-bit counts) is refused by llama.cpp too
 DEFAULT_ALIGNMENT = 32
@@ -97,7 +99,7 @@ class TensorInfo:
 class GGUFFile:
     """A read-only, memory-mapped GGUF file."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: PathLike):
         self.path = os.fspath(path)
         self._map = _map_read_only(self.path)
         self._reader = GGUFTableReader(np.frombuffer(self._map, dtype=np.uint8), self.path)

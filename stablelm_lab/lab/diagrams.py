@@ -15,6 +15,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from ..model.config import StableLMConfig
 from ..quants import QuantFormat
 from ..quants.anatomy import bit_map
 from . import viz  # noqa: F401  (importing viz sets the renderer that stores a PNG beside each figure)
@@ -151,7 +152,9 @@ def file_layout_figure(sections: list[tuple[str, int, int]], file_size: int, tit
 _ROLE_TEXT = {"d": "d", "dmin": "dm", "m": "m", "scale": "s", "min": "m", "level": "q", "high": "h"}
 
 
-def bit_map_figure(fmt: QuantFormat, raw_block=None, title: str | None = None, bytes_per_row: int = 4) -> go.Figure:
+def bit_map_figure(
+    fmt: QuantFormat, raw_block: np.ndarray | None = None, title: str | None = None, bytes_per_row: int = 4
+) -> go.Figure:
     """Every bit of one block, coloured by the sub-block it serves (grey: shared by the whole block).
     Text: d/dm (the block's scales), sN/mN (sub-block N's scale or min), q (a low bit of a weight's
     level), h (a high bit kept apart, in hmask or qh). Hover a bit for its byte, field, weight and value."""
@@ -286,7 +289,7 @@ def flow_figure(
     return _layout(fig, title, height, width)
 
 
-def block_dataflow_figure(config) -> go.Figure:
+def block_dataflow_figure(config: StableLMConfig) -> go.Figure:
     """One StableLM block, top to bottom, each box named by the activation llama.cpp's graph gives it
     (src/models/stablelm.cpp and build_attn/build_ffn in llama-graph.cpp; run_with_cache records all but
     ffn_gate, ffn_up and ffn_swiglu as blk.N.<name>). The residual stream runs down the right: sequential

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -22,7 +23,7 @@ PICTURE_WIDTH = 900
 _kaleido = {"started": False, "failed": False}
 
 
-def picture(fig) -> bytes | None:
+def picture(fig: go.Figure | go.FigureWidget | dict) -> bytes | None:
     """A PNG of ``fig`` (a figure or its dict) drawn by kaleido in Chromium, offline; None where kaleido or a
     Chrome binary is missing (the interactive figure still shows in JupyterLab). ``BROWSER_PATH`` names the
     binary if it is not found on its own (/usr/bin/chromium is). One Chromium serves every picture of the
@@ -50,7 +51,7 @@ class FigureAndPicture(PlotlyRenderer):
     (nbconvert shows the PNG), GitHub's preview, an untrusted notebook in JupyterLab. plotly's own
     ``notebook_connected`` HTML loads plotly.js from the internet, and ``notebook`` embeds 4.6 MB of it."""
 
-    def to_mimebundle(self, fig_dict):
+    def to_mimebundle(self, fig_dict: dict) -> dict:
         bundle = super().to_mimebundle(fig_dict)
         png = picture(fig_dict)
         if png is not None:
@@ -61,7 +62,7 @@ class FigureAndPicture(PlotlyRenderer):
 pio.renderers["stablelm"] = FigureAndPicture()
 pio.renderers.default = "stablelm"
 # every figure's look; as the default it is applied once per figure shown, not validated again at each
-# redraw of a control's figure (36 ms of a 150 ms step)
+# redraw of a control's figure (what that saved: docs/benchmarks.md)
 pio.templates.default = "plotly_white"
 
 PALETTE = ["#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#EECA3B", "#9D755D"]
@@ -318,7 +319,9 @@ def _padded(values, pad: float = 0.08) -> list[float]:
     return [lo - pad * (hi - lo or 1), hi + pad * (hi - lo or 1)]
 
 
-def label_positions(x, y, labels, width: int = 700, height: int = 460) -> list[str]:
+def label_positions(
+    x: Sequence[float], y: Sequence[float], labels: Sequence[str], width: int = 700, height: int = 460
+) -> list[str]:
     """A plotly textposition per point, chosen greedily (left to right) so that no label box overlaps another
     label or a marker, in pixels of a plot ``width`` x ``height`` with a linear x and a log y axis (700 px:
     narrower than the stored picture and a notebook in JupyterLab, so labels apart there are apart in both)."""

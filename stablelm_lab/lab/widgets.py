@@ -9,24 +9,26 @@ project stores them), it still shows its figure: its display carries a PNG of th
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
 import torch
+from tokenizers import Tokenizer
 
 from .. import quants
 from ..analysis import metrics
 from ..analysis.tensor_stats import nonfinite_blocks
+from ..container.gguf_file import GGUFFile
 from ..text.sampling import card_probs, llama_cpp_probs
 from . import viz
 
 #: the quant-error explorer quantizes at most this many weights per step (whole rows, evenly spaced), so a
-#: step stays near 250 ms: the reference quantizers take about 1 µs a weight for the K-quants (a 3B tensor
-#: of 17.7 M weights took 1.9 s in Q4_K, 10 s in IQ4_XS)
+#: step stays quick: the reference quantizers take seconds over a whole 3B tensor (docs/benchmarks.md)
 MAX_WEIGHTS = 1 << 17
-#: formats whose quantizer is slower still (about 4 µs a weight, measured): a smaller sample
+#: formats whose quantizer is slower still: a smaller sample
 SLOW_QUANTIZERS = {"IQ4_NL": 4, "IQ4_XS": 4}
 #: and draws at most this many blocks in its scatter (the browser, not the kernel, is slow past that)
 MAX_BLOCKS_DRAWN = 4000
@@ -46,7 +48,7 @@ def redraw(widget: go.FigureWidget, fig: go.Figure) -> None:
             widget.add_traces(list(fig.data))
         layout = fig.layout.to_plotly_json()
         if widget.layout.template.layout.paper_bgcolor is not None:  # every viz figure has one template:
-            layout.pop("template", None)  # validating it again took a third
+            layout.pop("template", None)  # validating it again is a large share of a step (docs/benchmarks.md)
         widget.layout.update(layout, overwrite=True)
 
 
@@ -56,7 +58,13 @@ class FigureExplorer(W.VBox):
     ``draw`` returns the figure for the controls' current values (a pure ``viz`` function, typically) and
     may write the notes. ``name`` is what a reader without a kernel is told this is."""
 
-    def __init__(self, controls: list, draw, notes: list | None = None, name: str = "explorer"):
+    def __init__(
+        self,
+        controls: list[W.ValueWidget],
+        draw: Callable[[], go.Figure],
+        notes: list[W.Widget] | None = None,
+        name: str = "explorer",
+    ):
         self.controls, self.notes, self.name, self._draw = list(controls), list(notes or []), name, draw
         self.figure = go.FigureWidget()
         self._held = False
@@ -65,12 +73,12 @@ class FigureExplorer(W.VBox):
             control.observe(self.update, names="value")
         self.update()
 
-    def update(self, *_) -> None:
+    def update(self, *_: object) -> None:
         if not self._held:
             redraw(self.figure, self._draw())
 
     @contextmanager
-    def holding(self):
+    def holding(self) -> Iterator[None]:
         """Change several controls (a range, then a value) and redraw once, after."""
         self._held = True
         try:
@@ -87,7 +95,7 @@ class FigureExplorer(W.VBox):
         bundle["text/plain"] = f"[{self.name}: its controls answer when the notebook runs in Jupyter]"
         return bundle
 
-    def replace_control(self, index: int, control) -> None:
+    def replace_control(self, index: int, control: W.ValueWidget) -> None:
         """Put a new control in place of ``controls[index]`` (its observer moves with it)."""
         self.controls[index].unobserve(self.update, names="value")
         self.controls[index] = control
@@ -106,7 +114,7 @@ def range_slider(description: str, high: int, value: int = 0) -> W.IntSlider:
     return slider
 
 
-def block_explorer(gguf, tensor: str | None = None, row: int = 0, block: int = 0) -> FigureExplorer:
+def block_explorer(gguf: GGUFFile, tensor: str | None = None, row: int = 0, block: int = 0) -> FigureExplorer:
     """Pick a tensor, a row and a block: see the block's bytes, its fields and the weights they decode to.
 
     ``gguf`` is a GGUFFile (anything with ``tensors`` and ``raw(name)``); float tensors are left out. The
@@ -192,7 +200,7 @@ def _block_scale(fmt: quants.QuantFormat, raw: np.ndarray) -> tuple[np.ndarray |
     return None, "block scale"
 
 
-def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K") -> FigureExplorer:
+def quant_error_explorer(gguf: GGUFFile, tensor: str | None = None, type_name: str = "Q4_K") -> FigureExplorer:
     """Pick a tensor of a (preferably unquantized) file and a format: the error that format adds to it.
 
     The tensor is decoded to float32, quantized with the package's reference quantizer, decoded again and
@@ -263,8 +271,8 @@ def quant_error_explorer(gguf, tensor: str | None = None, type_name: str = "Q4_K
 
 
 def next_token_explorer(
-    logits,
-    tokenizer,
+    logits: torch.Tensor | np.ndarray,
+    tokenizer: Tokenizer,
     top: int = 30,
     temperature: float = 0.75,
     top_k: int = 50,

@@ -24,7 +24,7 @@ from gguf import GGUFValueType, GGUFWriter, Keys
 from tqdm.auto import tqdm
 
 from .. import quants
-from ..container.gguf_file import GGUFError, GGUFFile
+from ..container.gguf_file import GGUFError, GGUFFile, PathLike
 from .rules import Mix, TensorChoice, explain_mix, get_mix, tensor_role
 
 GGML_QNT_VERSION = 2  # general.quantization_version that llama.cpp writes
@@ -39,8 +39,8 @@ IMATRIX_CHUNKS = "quantize.imatrix.chunks_count"
 
 
 def quantize_gguf(
-    src,
-    dst,
+    src: PathLike,
+    dst: PathLike,
     mix: str | Mix,
     allow_requantize: bool = False,
     progress: bool | None = None,
@@ -176,7 +176,9 @@ def _copy_metadata(g: GGUFFile, writer: GGUFWriter, appended: set[str] = frozens
         writer.add_key_value(key, value, value_type, sub_type=item_type)
 
 
-def convert(g: GGUFFile, choice: TensorChoice, bar=None, importance: np.ndarray | None = None) -> np.ndarray:
+def convert(
+    g: GGUFFile, choice: TensorChoice, bar: tqdm | None = None, importance: np.ndarray | None = None
+) -> np.ndarray:
     """The tensor's bytes in its new type: the source bytes when the type stays, else decoded to float32
     and re-encoded, a chunk of rows at a time (weighted by ``importance``, one value per column, if given)."""
     raw = g.raw(choice.name)

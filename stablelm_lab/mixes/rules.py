@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from gguf import GGML_QUANT_SIZES, LlamaFileType
 from gguf import GGMLQuantizationType as T
 
-from ..container.gguf_file import GGUFFile, TensorInfo
+from ..container.gguf_file import GGUFFile, PathLike, TensorInfo
 from ..model.config import StableLMConfig
 
 
@@ -100,7 +100,7 @@ class TensorChoice:
         return self.n_elements // block_size * type_size
 
 
-def explain_mix(source, mix: str | Mix, has_imatrix: bool = False) -> list[TensorChoice]:
+def explain_mix(source: PathLike | GGUFFile, mix: str | Mix, has_imatrix: bool = False) -> list[TensorChoice]:
     """The type and the deciding rule for every tensor of a StableLM GGUF file (a path or a GGUFFile),
     quantized with an importance matrix or without."""
     g = source if isinstance(source, GGUFFile) else GGUFFile(os.fspath(source))
@@ -124,13 +124,13 @@ def choose_type(tensor: TensorInfo, mix: Mix, model: ModelShape) -> TensorChoice
     return TensorChoice(name, shape, tensor.qtype, qtype, rule)
 
 
-def is_quantizable(name: str, shape) -> bool:
+def is_quantizable(name: str, shape: tuple[int, ...]) -> bool:
     """llama.cpp quantizes only matrices whose name ends in 'weight', and never a norm (not even a 2-D one,
     like StableLM 2's per-head attn_q_norm)."""
     return len(shape) >= 2 and name.endswith("weight") and "_norm.weight" not in name
 
 
-def why_kept(name: str, shape) -> str:
+def why_kept(name: str, shape: tuple[int, ...]) -> str:
     if len(shape) < 2:
         return "1-D (biases, norms)"
     return "norms are never quantized" if "_norm.weight" in name else "only weights are quantized"

@@ -10,16 +10,18 @@ itself (and llama.cpp's other order) is in ``sampling``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
+from tokenizers import Tokenizer
 
+from ..model import StableLM
 from .sampling import Sampling, draw
 
 
 def generate(
-    model,
-    tokenizer,
+    model: StableLM,
+    tokenizer: Tokenizer,
     prompt: str,
     max_new_tokens: int = 64,
     temperature: float = 0.75,
@@ -28,7 +30,7 @@ def generate(
     do_sample: bool = True,
     seed: int | None = None,
     stream: bool = False,
-):
+) -> str | Iterator[str]:
     """The continuation of ``prompt`` as a string, or (``stream=True``) an iterator of text pieces.
 
     Greedy when ``do_sample`` is False; else in transformers' order: logits / temperature, cut to the
@@ -36,27 +38,19 @@ def generate(
     ``top_p``, softmax, one draw (``sampling.card_probs``).
     Stops after ``max_new_tokens`` or at the end-of-sequence token.
     """
-    pieces = stream_text(model, tokenizer, prompt, max_new_tokens, temperature, top_p, top_k, do_sample, seed)
+    prompt_ids = tokenizer.encode(prompt).ids
+    new_ids = generate_ids(
+        model, prompt_ids, max_new_tokens, temperature, top_p, top_k, do_sample, seed, eos_id(tokenizer)
+    )
+    pieces = stream_text(tokenizer, new_ids)
     return pieces if stream else "".join(pieces)
 
 
-def stream_text(
-    model, tokenizer, prompt, max_new_tokens=64, temperature=0.75, top_p=0.95, top_k=50, do_sample=True, seed=None
-) -> Iterator[str]:
-    """Yield the new text as tokens arrive; a piece is held back while it ends inside a UTF-8 character."""
+def stream_text(tokenizer: Tokenizer, new_ids: Iterable[int]) -> Iterator[str]:
+    """Yield the new text as token ids arrive; a piece is held back while it ends inside a UTF-8 character."""
     ids: list[int] = []
     shown = ""
-    for token in generate_ids(
-        model,
-        tokenizer.encode(prompt).ids,
-        max_new_tokens,
-        temperature,
-        top_p,
-        top_k,
-        do_sample,
-        seed,
-        eos_id(tokenizer),
-    ):
+    for token in new_ids:
         ids.append(token)
         text = tokenizer.decode(ids, skip_special_tokens=True)
         if not text.endswith("\ufffd"):  # byte-level BPE can split a character across tokens
@@ -69,14 +63,14 @@ def stream_text(
 
 @torch.no_grad()
 def generate_ids(
-    model,
+    model: StableLM,
     prompt_ids: list[int],
-    max_new_tokens=64,
-    temperature=0.75,
-    top_p=0.95,
-    top_k=50,
-    do_sample=True,
-    seed=None,
+    max_new_tokens: int = 64,
+    temperature: float = 0.75,
+    top_p: float = 0.95,
+    top_k: int | None = 50,
+    do_sample: bool = True,
+    seed: int | None = None,
     eos: int | None = None,
 ) -> Iterator[int]:
     """Yield new token ids: the prompt runs once, then each token is one cached forward step."""
@@ -99,10 +93,10 @@ def generate_ids(
 
 def next_token(
     logits: torch.Tensor,
-    temperature=0.75,
-    top_p=0.95,
-    top_k=50,
-    do_sample=True,
+    temperature: float = 0.75,
+    top_p: float = 0.95,
+    top_k: int | None = 50,
+    do_sample: bool = True,
     generator: torch.Generator | None = None,
 ) -> int:
     """Pick the next token from one row of logits (n_vocab,): the argmax, or a draw as the card's generate."""
@@ -112,7 +106,7 @@ def next_token(
     return draw(Sampling("transformers", temperature, top_k, top_p).probs(logits), generator)
 
 
-def eos_id(tokenizer) -> int | None:
+def eos_id(tokenizer: Tokenizer) -> int | None:
     ids = getattr(tokenizer, "special_ids", {})
     if "eos" in ids:
         return ids["eos"]

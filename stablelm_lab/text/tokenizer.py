@@ -17,7 +17,7 @@ import json
 from gguf import TokenType
 from tokenizers import Tokenizer
 
-from ..container.gguf_file import GGUFError, GGUFFile
+from ..container.gguf_file import GGUFError, GGUFFile, PathLike
 
 GPT2_REGEX = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 QWEN2_REGEX = (
@@ -37,7 +37,7 @@ PRE_TOKENIZERS = {
 }
 
 
-def load_tokenizer(path_or_file):
+def load_tokenizer(path_or_file: PathLike | GGUFFile) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` built from the file's tokenizer.ggml.* metadata (byte-level BPE only)."""
     g = path_or_file if isinstance(path_or_file, GGUFFile) else GGUFFile(path_or_file)
     meta = g.metadata

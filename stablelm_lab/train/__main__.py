@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from .. import StableLM, generate, load_tokenizer
 from ..container.default_model import DATA_DIR, MODEL_NAME
@@ -42,7 +43,7 @@ DESCRIPTION = (
 )
 
 
-def main(argv=None) -> None:
+def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = QUICK if args.quick else Settings()
     if args.seed is not None:
@@ -86,7 +87,7 @@ def train_and_write(documents: list[Document], settings: Settings, out: Path, f1
     write_json(out / "training_run.json", run_facts(documents, seconds))
 
 
-def parse_args(argv):
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m stablelm_lab.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", help="where the files go (default: the package's data/)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 20 small training steps (needs --out)")
@@ -103,7 +104,7 @@ def parse_args(argv):
     return args
 
 
-def write_json(path: Path, value) -> None:
+def write_json(path: Path, value: dict) -> None:
     path.write_text(json.dumps(value, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -117,7 +118,7 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def token_streams(tokenizer, documents: list[Document]) -> tuple[np.ndarray, np.ndarray]:
+def token_streams(tokenizer: Tokenizer, documents: list[Document]) -> tuple[np.ndarray, np.ndarray]:
     """(code tokens, English tokens): each document's tokens followed by <|endoftext|>, as uint16."""
     end = tokenizer.token_to_id("<|endoftext|>")
     streams = []
@@ -127,7 +128,7 @@ def token_streams(tokenizer, documents: list[Document]) -> tuple[np.ndarray, np.
     return streams[0], streams[1]
 
 
-def check_tokenizer_round_trip(path: Path, trained, text: str) -> None:
+def check_tokenizer_round_trip(path: Path, trained: Tokenizer, text: str) -> None:
     """The tokenizer rebuilt from the file's metadata must tokenize exactly as the one trained."""
     if load_tokenizer(path).encode(text).ids != trained.encode(text).ids:
         raise RuntimeError(f"{path}: the tokenizer read back from the file differs from the trained one")
@@ -157,7 +158,7 @@ def evaluation(path: Path, held_out: list[Document], heldout_text: str, settings
     }
 
 
-def continuations(model, tok) -> dict:
+def continuations(model: StableLM, tok: Tokenizer) -> dict:
     out = {}
     for kind, prompt in PROMPTS.items():
         out[kind] = {
@@ -183,7 +184,7 @@ def make_variants(f16: Path, out: Path) -> dict:
     return sizes
 
 
-def run_facts(documents, seconds: float) -> dict:
+def run_facts(documents: list[Document], seconds: float) -> dict:
     """What differs from machine to machine: kept apart from the files that must reproduce exactly."""
     return {
         "training_seconds": round(seconds, 1),

@@ -77,7 +77,7 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|padding|>"]  # ids 0 and 1, as in GPT-NeoX
 WHITESPACE_RUNS = [" " * n for n in range(24, 1, -1)]  # GPT-NeoX's added tokens: 24 spaces down to 2
 
 
-def train_tokenizer(documents: list[Document], vocab_size: int):
+def train_tokenizer(documents: list[Document], vocab_size: int) -> Tokenizer:
     """GPT-NeoX-20B's recipe at a smaller size: NFC, the GPT-2 pre-tokenizer split, byte-level BPE, and
     the whitespace runs added after training as the last ids (so indentation is one token: four spaces,
     eight spaces...). Deterministic for the same text.

@@ -14,11 +14,14 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
+
+from ..model import StableLM
 
 
 # ---- compression -----------------------------------------------------------------------------------
 @torch.no_grad()
-def bits_per_byte(model, tokenizer, text: str, batch_size: int = 8) -> float:
+def bits_per_byte(model: StableLM, tokenizer: Tokenizer, text: str, batch_size: int = 8) -> float:
     """The model's code length for ``text`` in bits per UTF-8 byte.
 
     The text's tokens are cut into windows of n_ctx - 1 tokens; each window starts after an
@@ -47,7 +50,7 @@ def gzip_bits_per_byte(text: str) -> float:
 
 # ---- attention heads -------------------------------------------------------------------------------
 @torch.no_grad()
-def previous_token_scores(model, ids: list[int]) -> np.ndarray:
+def previous_token_scores(model: StableLM, ids: list[int]) -> np.ndarray:
     """(n_layer, n_head): mean attention of each position t ≥ 1 to position t - 1."""
     probs = attention(model, ids)  # (n_layer, nh, T, T)
     T = probs.shape[-1]
@@ -56,7 +59,7 @@ def previous_token_scores(model, ids: list[int]) -> np.ndarray:
 
 
 @torch.no_grad()
-def induction_scores(model, length: int = 64, seed: int = 0, bos: int = 0) -> np.ndarray:
+def induction_scores(model: StableLM, length: int = 64, seed: int = 0, bos: int = 0) -> np.ndarray:
     """(n_layer, n_head): attention from each token of the second copy of a random sequence to the
     token after its first occurrence. A random sequence has no meaning to predict from, so only a
     head that copies from earlier context can score high; a previous-token head scores ~0."""
@@ -76,14 +79,14 @@ def repeated_random_tokens(n_vocab: int, length: int, seed: int = 0, bos: int = 
     return [bos] + r + r
 
 
-def attention(model, ids: list[int]) -> torch.Tensor:
+def attention(model: StableLM, ids: list[int]) -> torch.Tensor:
     """Every layer's attention probabilities for one sequence: (n_layer, n_head, T, T)."""
     _, cache = model.run_with_cache(ids)
     return torch.stack([cache[f"blk.{i}.kq_soft_max"][0].float().cpu() for i in range(model.config.n_layer)])
 
 
 @torch.no_grad()
-def repeat_loss_drop(model, length: int = 64, seed: int = 0, bos: int = 0) -> tuple[float, float]:
+def repeat_loss_drop(model: StableLM, length: int = 64, seed: int = 0, bos: int = 0) -> tuple[float, float]:
     """Mean loss (nats) on the first and on the second copy of a random sequence: in-context copying
     makes the second far cheaper."""
     ids = torch.tensor(repeated_random_tokens(model.config.n_vocab, length, seed, bos))

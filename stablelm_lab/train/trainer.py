@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TextIO, TypeVar
 
 import numpy as np
 import torch
@@ -144,7 +146,9 @@ def optimizer(model: StableLM, s: Settings) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=s.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
-def train(model: StableLM, batches: Batches, s: Settings, log=None, progress: bool = True) -> list[dict]:
+def train(
+    model: StableLM, batches: Batches, s: Settings, log: TextIO | None = None, progress: bool = True
+) -> list[dict]:
     """Run s.steps optimizer steps; every s.log_every steps append a row (step, tokens, loss, lr) to the
     returned log and write it to ``log`` (an open text file) as a tab-separated line."""
     torch.set_num_threads(s.threads)
@@ -184,7 +188,10 @@ def train(model: StableLM, batches: Batches, s: Settings, log=None, progress: bo
     return rows
 
 
-def timed(fn, *args, **kwargs):
+Result = TypeVar("Result")
+
+
+def timed(fn: Callable[..., Result], *args: object, **kwargs: object) -> tuple[Result, float]:
     """(fn's result, seconds it took)."""
     start = time.perf_counter()
     result = fn(*args, **kwargs)
