@@ -97,7 +97,7 @@ def hold_floats(layer: WeightLayer, floats: dict[str, torch.Tensor], trainable: 
 def weight_layers(model: nn.Module) -> dict[str, WeightLayer]:
     """GGUF tensor prefix -> the layer that holds those tensors, in the model's order:
     ``"blk.0.attn_q"`` -> ``model.blk[0].attn.attn_q``."""
-    return {gguf_name(path): m for path, m in model.named_modules() if isinstance(m, (Embedding, Linear, LayerNorm))}
+    return {gguf_name(path): m for path, m in model.named_modules() if isinstance(m, WeightLayer)}
 
 
 def weight_slots(model: nn.Module) -> dict[str, tuple[WeightLayer, str]]:

@@ -29,6 +29,9 @@ LEAN_CHUNK_ROWS = 4096  # rows decoded at once in lean mode and while loading
 class Weights(nn.Module):
     """A layer's W (n_out, n_in) and optional b (n_out,), answering the two questions layers ask."""
 
+    weight: torch.Tensor  # W as floats
+    bias: torch.Tensor | None
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, n_in) -> (B, T, n_out)
         """x Wᵀ + b."""
         raise NotImplementedError
