@@ -3,6 +3,7 @@ weights that gguf-py decodes from the same file, and torch's own layer_norm / co
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ggufmaker
@@ -16,6 +17,9 @@ from ggufmaker import TinySpec
 
 from stablelm_lab import GGUFError, StableLM, quants
 from stablelm_lab.model import LayerNorm, Rotary
+from stablelm_lab.model.layers import rotate
+from stablelm_lab.model.weights import LeanWeights
+from stablelm_lab.text.generate import generate_ids
 
 GOLDEN = Path(__file__).parent / "golden"
 LOGITS_ATOL = 1e-4  # measured on the CPU: max 8.0e-6 (ATEN_CPU_CAPABILITY=default), 5.3e-6 (avx2), 4.6e-6 (avx512)
@@ -75,7 +79,7 @@ def test_rotary_turns_pairs_i_and_i_plus_half():
     n_rot, head_dim, base = 20, 80, 10000.0  # StableLM-3B-4E1T
     x = torch.randn(1, 7, 3, head_dim, dtype=torch.float64)
     pos = torch.arange(5, 12)
-    out = Rotary(n_rot, base)(x.float(), pos).double()
+    out = rotate(x.float(), Rotary(n_rot, base)(pos, torch.float32)).double()
     # the same rotation as complex multiplication: (x_i + j x_{i+10}) * e^{j pos theta_i}
     theta = base ** (-torch.arange(0, n_rot, 2, dtype=torch.float64) / n_rot)
     z = torch.complex(x[..., : n_rot // 2], x[..., n_rot // 2 : n_rot]) * torch.polar(
@@ -133,8 +137,6 @@ def test_kv_cache_decoding_equals_full_recomputation(pair):
 @torch.no_grad()
 def test_greedy_tokens_match_transformers(pair):
     ours, hf, spec = pair
-    from stablelm_lab.text.generate import generate_ids
-
     ids = prompt(6, seed=4)[0]
     theirs = hf.generate(ids[None], max_new_tokens=32, do_sample=False, pad_token_id=0)[0, 6:].tolist()
     assert list(generate_ids(ours, ids.tolist(), max_new_tokens=32, do_sample=False)) == theirs
@@ -224,8 +226,19 @@ def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, devi
     assert (logits.cpu() - hf(ids).logits).abs().max().item() < LOGITS_ATOL
     file_types = {t.name: t.tensor_type for t in GGUFReader(str(path)).tensors}
     assert ours.weight_types == file_types
-    if lean:  # quantized matrices kept as bytes
-        assert ours.blk[0].attn.attn_q.weight is None or file_types["blk.0.attn_q.weight"] in (T.F32, T.F16, T.BF16)
+    quantized = file_types["blk.0.attn_q.weight"] not in (T.F32, T.F16, T.BF16)
+    assert isinstance(ours.blk[0].attn.attn_q.weights, LeanWeights) == (lean and quantized)  # kept as bytes
+
+
+@torch.no_grad()
+def test_lean_weights_decode_to_the_dense_weights(tmp_path):
+    """A lean layer shows its matrix as the dense one holds it, and looks up embedding rows alike."""
+    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(), types=ggufmaker.q4_k_m_mix)
+    dense, lean = StableLM.from_gguf(path), StableLM.from_gguf(path, lean=True)
+    assert isinstance(lean.output.weights, LeanWeights) and lean.output.weights.raw.dtype == torch.uint8
+    assert torch.equal(lean.output.weight, dense.output.weight)
+    ids = prompt(5)
+    assert torch.equal(lean.token_embd(ids), dense.token_embd(ids))
 
 
 def test_lean_matrices_give_the_dense_gradients(tmp_path):
@@ -243,8 +256,6 @@ def test_lean_matrices_give_the_dense_gradients(tmp_path):
 
 @torch.no_grad()
 def test_lean_models_in_two_threads_do_not_share_a_band(tmp_path):
-    from concurrent.futures import ThreadPoolExecutor
-
     path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(n_ff=4096), types=ggufmaker.q4_k_m_mix)
     model = StableLM.from_gguf(path, lean=True)
     inputs = [prompt(8, seed=s) for s in range(8)]
@@ -266,8 +277,6 @@ def test_cached_decoding_and_greedy_tokens_on_each_device(device, lean, tmp_path
     cache = ours.new_cache()
     steps = [ours(ids[:, :8], cache)] + [ours(ids[:, t : t + 1], cache) for t in range(8, 12)]
     assert (torch.cat(steps, dim=1).cpu() - hf(ids).logits).abs().max().item() < LOGITS_ATOL
-
-    from stablelm_lab.text.generate import generate_ids
 
     theirs = hf.generate(ids[:1, :6], max_new_tokens=24, do_sample=False, pad_token_id=0)[0, 6:].tolist()
     assert list(generate_ids(ours, ids[0, :6].tolist(), max_new_tokens=24, do_sample=False)) == theirs

@@ -1,4 +1,5 @@
-"""StableLM in readable torch: layers.py (one class per idea), model.py (the stack), loading.py (from GGUF)."""
+"""StableLM in readable torch: layers.py (one class per idea), model.py (the stack); weights.py (how a
+layer's weights are held: floats, or lean quantized rows) and loading.py (from GGUF) are the storage."""
 
 from .cache import KVCache
 from .hooks import Tap

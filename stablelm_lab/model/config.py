@@ -8,11 +8,12 @@ per-head q/k norms and a parallel residual (12B); the same config and code serve
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..container.gguf_file import GGUFError, TensorInfo
+from ..container.gguf_file import GGUFError, GGUFFile, TensorInfo
 
 ARCH = "stablelm"
 ROPE_BASE_DEFAULT = 10000.0  # llama.cpp's default when rope.freq_base is absent
@@ -43,7 +44,7 @@ class StableLMConfig:
         return self.n_rot / self.head_dim
 
     @classmethod
-    def from_gguf(cls, gguf_file) -> StableLMConfig:
+    def from_gguf(cls, gguf_file: GGUFFile) -> StableLMConfig:
         """Read the config of a ``GGUFFile``; a GGUFError when it does not hold a StableLM model, or when
         the keys contradict each other or the tensor table (checked before any module is built from them)."""
         path, meta = gguf_file.path, gguf_file.metadata
@@ -116,19 +117,19 @@ class StableLMConfig:
                 raise GGUFError(f"{path}: {problem}")
 
 
-def _checked_count(path: str, key: str, value, minimum: int) -> int:
+def _checked_count(path: str, key: str, value: object, minimum: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
         return value
     raise GGUFError(f"{path}: the metadata key {key} is {value!r:.60}, not an integer >= {minimum}")
 
 
-def _checked_positive(path: str, key: str, value) -> float:
+def _checked_positive(path: str, key: str, value: object) -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
         return float(value)
     raise GGUFError(f"{path}: the metadata key {key} is {value!r:.60}, not a positive finite number")
 
 
-def _token_embd_shape(gguf_file) -> tuple[int, int]:
+def _token_embd_shape(gguf_file: GGUFFile) -> tuple[int, int]:
     """(n_vocab, n_embd) as token_embd.weight has them."""
     info = gguf_file.tensor_info.get("token_embd.weight")
     if info is None:
@@ -138,7 +139,7 @@ def _token_embd_shape(gguf_file) -> tuple[int, int]:
     return info.shape
 
 
-def _blocks_in(names) -> set[int]:
+def _blocks_in(names: Iterable[str]) -> set[int]:
     """The N of every blk.N.* tensor."""
     return {int(n.split(".")[1]) for n in names if n.startswith("blk.") and n.split(".")[1].isdigit()}
 
@@ -163,7 +164,9 @@ STABLELM_3B_4E1T = StableLMConfig(
 )
 
 
-def tensor_table(config: StableLMConfig, matrix_type=None, alignment: int = 32) -> list:
+def tensor_table(
+    config: StableLMConfig, matrix_type: GGMLQuantizationType | None = None, alignment: int = 32
+) -> list[TensorInfo]:
     """The tensor table of a GGUF file holding a model of this shape, as llama.cpp's converter writes it:
     matrices in ``matrix_type`` (F16 unless told), 1-D tensors (norms, biases) in F32, data aligned.
 

@@ -9,45 +9,58 @@ model.weight_types["blk.0.ffn_down.weight"]                         # GGMLQuanti
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 import torch
+from gguf import GGMLQuantizationType
 from torch import nn
 
+from ..container.gguf_file import GGUFFile
 from .cache import KVCache
 from .config import StableLMConfig
 from .hooks import NO_TAP, Hook, Tap
-from .layers import Block, Embedding, GGUFWeights, LayerNorm, Linear, Rotary
+from .layers import Block, Embedding, LayerNorm, Linear, Rotary
+from .loading import load_weights
+
+TokenIds = torch.Tensor | np.ndarray | Sequence[int]  # (B, T) or (T,)
 
 
 class StableLM(nn.Module):
-    def __init__(self, config: StableLMConfig, dtype: torch.dtype = torch.float32):
+    def __init__(self, config: StableLMConfig) -> None:
         super().__init__()
         self.config = config
-        self.token_embd = Embedding(config.n_vocab, config.n_embd, dtype)
-        rotary = Rotary(config.n_rot, config.rope_base)  # one for all layers: cos and sin computed once
-        self.blk = nn.ModuleList(Block(config, i, rotary) for i in range(config.n_layer))
+        self.token_embd = Embedding(config.n_vocab, config.n_embd)
+        self.rotary = Rotary(config.n_rot, config.rope_base)
+        self.blk = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
         self.output_norm = LayerNorm((config.n_embd,), config.norm_eps)
         self.output = Linear(config.n_embd, config.n_vocab)
+        self.weight_types: dict[str, GGMLQuantizationType] = {}  # by tensor name: its type in the file loaded
 
-    def forward(self, input_ids, cache: KVCache | None = None, tap: Tap = NO_TAP) -> torch.Tensor:
+    def forward(self, input_ids: TokenIds, cache: KVCache | None = None, tap: Tap = NO_TAP) -> torch.Tensor:
         """Logits (B, T, n_vocab) for token ids (B, T) or (T,); with a cache, T new tokens after the past."""
         ids = self._as_batch(input_ids)
         start = len(cache) if cache is not None else 0
         pos = torch.arange(start, start + ids.shape[1], device=ids.device)  # (T,)
         x = tap("inp_embd", self.token_embd(ids))  # (B, T, C)
+        rope = self.rotary(pos, x.dtype)  # the angles of every position, for every layer
         for i, block in enumerate(self.blk):
-            x = block(x, pos, cache, tap.layer(i) if tap.active else NO_TAP)
+            x = block(x, rope, cache, tap.layer(i) if tap.active else NO_TAP)
         x = tap("result_norm", self.output_norm(x))
         return tap("result_output", self.output(x))  # (B, T, n_vocab)
 
     @torch.no_grad()
-    def run_with_cache(self, input_ids, cache: KVCache | None = None) -> tuple[torch.Tensor, dict]:
+    def run_with_cache(
+        self, input_ids: TokenIds, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits and every named activation (llama.cpp names: ``blk.{i}.Qcur``, ``result_norm``...)."""
         acts: dict[str, torch.Tensor] = {}
         logits = self(input_ids, cache, Tap(store=acts))
         return logits, acts
 
     @torch.no_grad()
-    def run_with_hooks(self, input_ids, hooks: dict[str, Hook], cache: KVCache | None = None) -> torch.Tensor:
+    def run_with_hooks(self, input_ids: TokenIds, hooks: dict[str, Hook], cache: KVCache | None = None) -> torch.Tensor:
         """Logits with activations patched: ``hooks[name](x)`` returns the replacement (None keeps x)."""
         unknown = [name for name in hooks if name not in self.activation_names()]
         if unknown:
@@ -80,38 +93,25 @@ class StableLM(nn.Module):
         return KVCache(self.config.n_layer)
 
     @property
-    def weight_types(self) -> dict:
-        """The ggml type each tensor had in the file, by its GGUF name."""
-        return {
-            f"{gguf_name(path)}.{attr}": qtype
-            for path, module in self.named_modules()
-            if isinstance(module, GGUFWeights)
-            for attr, qtype in module.qtype.items()
-        }
-
-    @property
     def device(self) -> torch.device:
         return self.output_norm.weight.device
 
-    def _as_batch(self, input_ids) -> torch.Tensor:
+    def _as_batch(self, input_ids: TokenIds) -> torch.Tensor:
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
         return ids[None] if ids.dim() == 1 else ids
 
     @classmethod
     def from_gguf(
         cls,
-        path_or_file,
+        path_or_file: str | Path | GGUFFile,
         dtype: torch.dtype = torch.float32,
-        device="cpu",
+        device: str | torch.device = "cpu",
         lean: bool = False,
         progress: bool | None = None,
     ) -> StableLM:
-        """Build the model from a GGUF file; ``lean`` keeps quantized matrices as bytes (see loading.py)."""
-        from .loading import load_gguf
-
-        return load_gguf(cls, path_or_file, dtype=dtype, device=device, lean=lean, progress=progress)
-
-
-def gguf_name(module_path: str) -> str:
-    """Module path -> GGUF tensor prefix: ``blk.0.attn.attn_q`` -> ``blk.0.attn_q``."""
-    return module_path.replace(".attn.", ".").replace(".ffn.", ".")
+        """Build the model a GGUF file describes and hold its weights as asked (loading.py): decoded to
+        ``dtype`` on ``device``, or with ``lean`` the quantized matrices kept as the file's bytes."""
+        g = path_or_file if isinstance(path_or_file, GGUFFile) else GGUFFile(path_or_file)
+        model = cls(StableLMConfig.from_gguf(g))
+        model.weight_types = load_weights(model, g, dtype, device, lean, progress)
+        return model.to(device).eval()

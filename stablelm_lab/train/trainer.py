@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from ..model import StableLM
 from ..model.config import StableLMConfig
-from ..model.loading import weight_slots
+from ..model.loading import hold_floats, weight_layers
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,19 @@ def fresh_model(settings: Settings) -> StableLM:
     model = StableLM(config)
     small = math.sqrt(2 / (5 * config.n_embd))
     wang = 2 / (config.n_layer * math.sqrt(config.n_embd))
-    for name, (module, attr) in weight_slots(model).items():
-        shape = module._shape(attr)
-        if attr == "bias":
-            value = torch.zeros(shape)
-        elif "_norm" in name:
-            value = torch.ones(shape)
-        else:
-            std = wang if name.endswith(("attn_output.weight", "ffn_down.weight")) else small
-            value = torch.randn(shape) * std
-        setattr(module, attr, nn.Parameter(value))
-        module.qtype[attr] = GGMLQuantizationType.F32
+    for prefix, layer in weight_layers(model).items():
+        values = {}
+        for attr, shape in layer.tensor_shapes.items():
+            name = f"{prefix}.{attr}"
+            if attr == "bias":
+                values[attr] = torch.zeros(shape)
+            elif "_norm" in name:
+                values[attr] = torch.ones(shape)
+            else:
+                std = wang if name.endswith(("attn_output.weight", "ffn_down.weight")) else small
+                values[attr] = torch.randn(shape) * std
+            model.weight_types[name] = GGMLQuantizationType.F32
+        hold_floats(layer, values, trainable=True)
     return model
 
 
