@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quants
-from ..quants.base import CHUNK_WEIGHTS
+from ..quants.tuning import CHUNK_WEIGHTS
 
 
 def nonfinite_blocks(raw, qtype) -> np.ndarray:

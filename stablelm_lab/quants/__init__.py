@@ -11,10 +11,11 @@ fmt.quantize(x, imatrix=v)      # the same weighted by an importance matrix (see
 
 from __future__ import annotations
 
+import numpy as np
 from gguf import GGMLQuantizationType
 
 from . import floats, iq4, iquants, legacy, mxfp4, q2_k, q3_k, q4_k, q5_k, q6_k, ternary
-from .base import QuantFormat
+from .format import QuantFormat, RawBytes
 
 _MODULES = [floats, legacy, q2_k, q3_k, q4_k, q5_k, q6_k, iquants, iq4, ternary, mxfp4]
 
@@ -32,7 +33,7 @@ FORMATS: dict[GGMLQuantizationType, QuantFormat] = dict(
 )
 
 
-def get(name_or_type) -> QuantFormat:
+def get(name_or_type: str | GGMLQuantizationType | int) -> QuantFormat:
     """The format for a type name ("Q4_K", "q4_k"), a GGMLQuantizationType, or a ggml type id."""
     try:
         if isinstance(name_or_type, str):
@@ -50,12 +51,12 @@ def names() -> list[str]:
     return [qtype.name for qtype in FORMATS]
 
 
-def dequantize(raw, qtype):
+def dequantize(raw: RawBytes, qtype: str | GGMLQuantizationType | int) -> np.ndarray:
     """Shortcut for ``get(qtype).dequantize(raw)``."""
     return get(qtype).dequantize(raw)
 
 
-def quantize(x, qtype, imatrix=None):
+def quantize(x: np.ndarray, qtype: str | GGMLQuantizationType | int, imatrix: np.ndarray | None = None) -> np.ndarray:
     """Shortcut for ``get(qtype).quantize(x, imatrix)``."""
     return get(qtype).quantize(x, imatrix)
 
