@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
+from .arrays import Array, is_torch
 from .bits import join_nibbles
 from .cfloat import GROUP_MAX_EPS, inverse, sequential_sum, signed_absmax
 from .codebook import decode_nibble_pairs, nibble_pair_table
@@ -149,13 +150,8 @@ class IQ4_XS(QuantFormat):
         )
 
     def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        n = blocks.shape[0]
-        scales_l = self.field(blocks, "scales_l")
-        scales_h = self.field(blocks, "scales_h").to(torch.int32)
-        low = torch.stack([scales_l & 0x0F, scales_l >> 4], dim=-1).reshape(n, 8).to(torch.int32)
-        shifts = torch.arange(0, 16, 2, device=blocks.device, dtype=torch.int32)
-        ls = low | (((scales_h[:, None] >> shifts) & 3) << 4)
-        dl = self.field(blocks, "d").float()[:, None] * (ls - 32)  # (n, 8)
+        ls = _six_bit_scales(self.field(blocks, "scales_l"), self.field(blocks, "scales_h"))
+        dl = self.field(blocks, "d").float()[:, None] * (ls.to(torch.int32) - 32)  # (n, 8)
         qs = self.field(blocks, "qs").unflatten(1, (8, 16))  # (n, 8, 16)
         return decode_nibble_pairs(qs, dl, NIBBLE_VALUES, self.weights_for(blocks, out))
 
@@ -200,8 +196,13 @@ def iq4_weights(x: np.ndarray, importance: np.ndarray) -> np.ndarray:
 _SCALE_MINUS_32 = (np.arange(64) - 32).astype(np.float32)
 
 
-def _six_bit_scales(scales_l: np.ndarray, scales_h: np.ndarray) -> np.ndarray:
+def _six_bit_scales(scales_l: Array, scales_h: Array) -> Array:
     """IQ4_XS's eight 6-bit scales per block: (n, 4) low nibbles (interleaved) and (n,) uint16 high bits."""
+    if is_torch(scales_l):
+        low = torch.stack([scales_l & 0x0F, scales_l >> 4], dim=-1).reshape(-1, 8)
+        shifts = torch.arange(0, 16, 2, device=scales_h.device, dtype=torch.int32)
+        high = (scales_h.to(torch.int32)[:, None] >> shifts) & 3
+        return low | (high.to(torch.uint8) << 4)
     low = np.stack([scales_l & 0x0F, scales_l >> 4], axis=-1).reshape(-1, 8)
     high = (scales_h[:, None] >> np.arange(0, 16, 2, dtype=np.uint16)) & 3
     return low | (high.astype(np.uint8) << 4)

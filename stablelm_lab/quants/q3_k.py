@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from gguf import GGMLQuantizationType as T
 
-from .arrays import Array
+from .arrays import Array, is_torch
 from .bits import bit_fields
 from .cfloat import GROUP_MAX_EPS, sequential_sum, signed_absmax
 from .format import QuantFormat
@@ -48,13 +48,17 @@ def unpack_scale_words(aux0: Array, aux1: Array, tmp: Array) -> tuple[Array, Arr
     )
 
 
-def unpack_scales(scales: np.ndarray) -> np.ndarray:
+def unpack_scales(scales: Array) -> Array:
     """(n, 12) packed bytes -> (n, 16) stored scales in 0..63, i.e. scale_value(s) + 32 for every s.
 
     Why the kmask words equal the index formula for all 2^96 inputs: both only select and move bits
     (shifts, masks, ORs of disjoint fields; no carries, no constants), so both are linear over GF(2),
     and two linear maps that agree on the 96 one-bit inputs agree everywhere.
     """
+    if is_torch(scales):
+        # copied: view(int32) needs a 4-byte boundary, which a lone 110-byte block may not give
+        words = scales.clone(memory_format=torch.contiguous_format).view(torch.int32)  # (n, 3)
+        return torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.uint8)
     words = np.ascontiguousarray(scales).view("<u4")  # (n, 3)
     return np.stack(unpack_scale_words(*words.T), axis=1).view(np.uint8)
 
@@ -181,10 +185,7 @@ class Q3_K(QuantFormat):
         q = bit_fields(qs, [0, 2, 4, 6], 3)  # (n, h, j, l)
         q |= bit_fields(self.field(blocks, "hmask"), range(8), 1, place=2).view(q.shape)  # 4h + j
         q -= 4  # low2 - (high ? 0 : 4), wrapping: read as int8
-        # copied: view(int32) needs a 4-byte boundary, which a lone 110-byte block may not give
-        packed = self.field(blocks, "scales").clone(memory_format=torch.contiguous_format)
-        words = packed.view(torch.int32)  # (n, 3)
-        sc = torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.int8) - 32
+        sc = unpack_scales(self.field(blocks, "scales")).view(torch.int8) - 32
         dl = self.field(blocks, "d").float()[:, None] * sc
         return scale_levels(self.weights_for(blocks, out), q.view(torch.int8).view(n, 16, 16), dl)
 

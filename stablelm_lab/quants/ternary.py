@@ -117,7 +117,7 @@ class TQ1_0(QuantFormat):
 
     def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         table = torch.from_numpy(_TRITS_OF_BYTE).view(torch.int64).reshape(256).to(blocks.device)
-        index = blocks[:, :52].reshape(-1).int()  # qs and qh
+        index = self.byte_range(blocks, 0, 52).reshape(-1).int()  # qs and qh
         trits = torch.index_select(table, 0, index).view(torch.uint8).view(-1, 52, 8)  # (n, byte, trit)
         q = torch.cat(
             [
