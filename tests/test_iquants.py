@@ -22,7 +22,6 @@ from gguf import GGMLQuantizationType as T
 
 from stablelm_lab import GGUFFile, StableLM, quants
 from stablelm_lab.quants import iq_grids, iquants
-from stablelm_lab.quants.anatomy import sub_block_size
 
 GOLDEN = Path(__file__).parent / "golden" / "iquant_blocks.npz"
 NAMES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
@@ -67,7 +66,7 @@ def test_block_sizes_are_ggml_static_asserts(fmt):
 
 
 def test_sub_block_sizes_are_listed():
-    assert {f.name: sub_block_size(f) for f in FORMATS} == {
+    assert {f.name: f.sub_block_size for f in FORMATS} == {
         "IQ2_XXS": 32,
         "IQ2_XS": 16,
         "IQ2_S": 16,
@@ -96,7 +95,7 @@ def test_sub_block_is_what_one_scale_bit_moves(fmt):
         moved = gguf.quants.dequantize(flips, fmt.qtype) != base
     groups = [np.flatnonzero(m) for m in moved if 0 < m.sum() < fmt.block_size]
     largest = max(len(g) for g in groups)
-    sub = sub_block_size(fmt)
+    sub = fmt.sub_block_size
     assert largest == sub
     assert all(g[0] // sub == g[-1] // sub for g in groups)
 

@@ -270,7 +270,7 @@ def test_q3_k_scale_unpacking_equals_the_index_formula():
 
 
 def test_q4_k_scale_min_unpacking_equals_get_scale_min_k4():
-    from stablelm_lab.quants.ksearch import get_scale_min_k4, scales_mins_k4, unpack_scale_min_words
+    from stablelm_lab.quants.scales_mins import get_scale_min_k4, scales_mins_k4, unpack_scale_min_words
 
     packed = zero_and_one_bit_inputs(12)
     readable = np.array([[get_scale_min_k4(j, row) for j in range(8)] for row in packed])  # (n, j, sc/m)
@@ -285,7 +285,7 @@ def test_q4_k_scale_min_unpacking_equals_get_scale_min_k4():
 @pytest.mark.parametrize("fmt", ALL, ids=ids(ALL))
 def test_kernels_write_into_out_and_any_split_decodes_alike(fmt, monkeypatch):
     """The kernels fill a given output; small steps, threads and torch's chunks change no bit."""
-    from stablelm_lab.quants import base
+    from stablelm_lab.quants import threads, tuning
 
     raw = random_bytes(fmt, 64, seed=2)
     truth = gguf_py_dequantize(raw, fmt).reshape(-1, fmt.block_size)
@@ -299,9 +299,9 @@ def test_kernels_write_into_out_and_any_split_decodes_alike(fmt, monkeypatch):
     assert fmt.dequantize_blocks_torch(blocks_torch, out_torch) is out_torch
     assert_same_bits(out_torch.numpy(), truth, fmt.block_size, f"{fmt.name} torch into out")
 
-    monkeypatch.setattr(base, "THREADS", 3)
-    monkeypatch.setattr(base, "CHUNK_WEIGHTS_THREADED", 5 * fmt.block_size)  # 13 steps over 3 threads
-    monkeypatch.setattr(base, "CHUNK_WEIGHTS_TORCH_CPU", 5 * fmt.block_size)
+    monkeypatch.setattr(threads, "THREADS", 3)
+    monkeypatch.setattr(tuning, "CHUNK_WEIGHTS_THREADED", 5 * fmt.block_size)  # 13 steps over 3 threads
+    monkeypatch.setattr(tuning, "CHUNK_WEIGHTS_TORCH_CPU", 5 * fmt.block_size)
     assert_same_bits(fmt.dequantize(raw).reshape(truth.shape), truth, fmt.block_size, f"{fmt.name} threads")
     assert_same_bits(
         fmt.dequantize_torch(torch.from_numpy(raw)).numpy().reshape(truth.shape),

@@ -4,7 +4,7 @@
 
 On a shared machine wall time measures the neighbours too; the CPU time of the decoding thread
 (``time.thread_time``) measures the decoder. Same matrix and blocks as ``python -m stablelm_lab.analysis.bench
-dequant`` (bench.realistic_blocks); ours run on one thread (quants.base.THREADS = 1, torch 1 thread),
+dequant`` (bench.realistic_blocks); ours run on one thread (quants.threads.THREADS = 1, torch 1 thread),
 as gguf-py does. Prints ns per weight, the fastest of the repeats, and the ratios to gguf-py.
 """
 
@@ -19,7 +19,7 @@ import torch
 
 from stablelm_lab import quants
 from stablelm_lab.analysis.bench import realistic_blocks
-from stablelm_lab.quants import base
+from stablelm_lab.quants import threads
 
 NAMES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=6912)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    base.THREADS = 1
+    threads.THREADS = 1
     torch.set_num_threads(1)
     n = args.rows * args.cols
     print(f"CPU time of one thread, ns per weight, {args.rows}x{args.cols}, best of {args.repeat}\n")

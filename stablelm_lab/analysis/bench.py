@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .. import quants
-from ..quants import base
+from ..quants import threads as decoder_threads
 
 
 def best_seconds(fn: Callable[[], object], repeat: int, sync: Callable[[], None] = lambda: None) -> float:
@@ -89,7 +89,7 @@ def bench_dequant(
     on_cpu = torch.device(device).type == "cpu"
     bandwidth = bandwidth or (copy_bandwidth() if on_cpu else device_copy_bandwidth(device))
     sync = device_sync(device)
-    threads = {"gguf-py": 1, "numpy": base.THREADS, "torch": torch.get_num_threads() if on_cpu else device}
+    threads = {"gguf-py": 1, "numpy": decoder_threads.THREADS, "torch": torch.get_num_threads() if on_cpu else device}
     n = n_rows * n_cols
     rows = []
     for name in names:
@@ -180,8 +180,8 @@ def add_dequant_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads",
         type=int,
-        default=base.THREADS,
-        help=f"threads of the numpy decoder (default: the cores available, {base.THREADS})",
+        default=decoder_threads.THREADS,
+        help=f"threads of the numpy decoder (default: the cores available, {decoder_threads.THREADS})",
     )
     parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's own)")
     parser.add_argument(
@@ -208,7 +208,7 @@ def run_dequant(args: argparse.Namespace) -> str:
     for name in names:
         quants.get(name)
     check_device(args.device)
-    base.THREADS = args.threads
+    decoder_threads.THREADS = args.threads
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     rounds = [bench_dequant(args.rows, args.cols, args.repeat, names, device=args.device) for _ in range(args.rounds)]

@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from .. import quants
-from ..quants.base import CHUNK_WEIGHTS
+from ..quants.tuning import CHUNK_WEIGHTS
 
 
 def nonfinite_blocks(raw: np.ndarray, qtype: GGMLQuantizationType | str | int) -> np.ndarray:

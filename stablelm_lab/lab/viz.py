@@ -14,7 +14,7 @@ from plotly.io._base_renderers import PlotlyRenderer
 from plotly.subplots import make_subplots
 
 from ..quants import QuantFormat
-from ..quants.anatomy import block_fields, byte_owner, sub_block_size
+from ..quants.anatomy import block_fields, byte_owner
 
 #: the size of the stored picture of a figure (pixels); about the width of a notebook's output area
 PICTURE_WIDTH = 900
@@ -140,7 +140,7 @@ def block_figure(fmt: QuantFormat, raw_block: np.ndarray, title: str | None = No
             row=1,
             col=1,
         )
-    sub = sub_block_size(fmt)
+    sub = fmt.sub_block_size
     tones = [SUB_BLOCK_TONES[(i // sub) % 2] for i in range(fmt.block_size)]
     fig.add_trace(
         go.Bar(

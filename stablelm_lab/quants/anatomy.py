@@ -12,24 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import QuantFormat
-
-#: Weights that share one scale (and min) inside a block: the unit the error plots group by.
-SUB_BLOCK_SIZE = {
-    "Q2_K": 16,
-    "Q3_K": 16,
-    "Q6_K": 16,
-    "Q4_K": 32,
-    "Q5_K": 32,
-    "IQ4_XS": 32,
-    "IQ2_XXS": 32,
-    "IQ2_XS": 16,
-    "IQ2_S": 16,
-    "IQ3_XXS": 32,
-    "IQ3_S": 32,
-    "IQ1_S": 32,
-    "IQ1_M": 16,
-}
+from .format import QuantFormat
+from .legacy import Q4_0, Q4_1, Q5_0, Q5_1, Q8_0
+from .q2_k import Q2_K
+from .q3_k import Q3_K
+from .q4_k import Q4_K
+from .q5_k import Q5_K
+from .q6_k import Q6_K
 
 
 @dataclass(frozen=True)
@@ -48,7 +37,7 @@ class Field:
 _CTYPES = {"<f2": "ggml_half", "<f4": "float", "|u1": "uint8_t", "|i1": "int8_t", "<u2": "uint16_t", "<i2": "int16_t"}
 
 
-def block_fields(fmt: QuantFormat, raw_block) -> list[Field]:
+def block_fields(fmt: QuantFormat, raw_block: np.ndarray | bytes) -> list[Field]:
     """The fields of one block (``type_size`` bytes) in struct order, with their values."""
     raw_block = np.frombuffer(bytes(raw_block), dtype=np.uint8) if not isinstance(raw_block, np.ndarray) else raw_block
     if raw_block.size != fmt.type_size:
@@ -75,10 +64,6 @@ def byte_owner(fmt: QuantFormat) -> list[str]:
     return owner
 
 
-def sub_block_size(fmt: QuantFormat) -> int:
-    return SUB_BLOCK_SIZE.get(fmt.name, fmt.block_size)
-
-
 # ---- which bit of a block holds what ---------------------------------------------------------------------
 @dataclass(frozen=True)
 class BitMap:
@@ -103,9 +88,12 @@ def bit_map(fmt: QuantFormat) -> BitMap:
     """The bit map of a legacy or K-quant block, from ggml-quants.c's dequantize_row_* index arithmetic
     (quoted in FACTS: get_scale_min_k4 for Q4_K/Q5_K, hmask/qs for Q3_K, ql/qh for Q6_K)."""
     try:
-        fill, group_size = _BIT_FILLERS[fmt.name]
+        fill = _BIT_FILLERS[type(fmt)]
     except KeyError:
-        raise ValueError(f"no bit map for {fmt.name}; known: {', '.join(_BIT_FILLERS)}") from None
+        known = ", ".join(cls.qtype.name for cls in _BIT_FILLERS)
+        raise ValueError(f"no bit map for {fmt.name}; known: {known}") from None
+    # a block with one scale is drawn in halves: byte j holds weights j and j + 16
+    group_size = fmt.sub_block_size if fmt.sub_block_size < fmt.block_size else fmt.block_size // 2
     n = fmt.type_size
     m = BitMap(fmt.name, group_size, np.full((n, 8), -1), np.full((n, 8), "", dtype=object), np.full((n, 8), -1))
     at = {name: fmt.block_dtype.fields[name][1] for name in fmt.block_dtype.names}
@@ -192,14 +180,14 @@ def _q6_k(m: BitMap, at: dict) -> None:
 
 
 _BIT_FILLERS = {
-    "Q4_0": (_legacy, 16),
-    "Q4_1": (_legacy, 16),
-    "Q5_0": (_legacy, 16),
-    "Q5_1": (_legacy, 16),
-    "Q8_0": (_legacy, 16),
-    "Q2_K": (_q2_k, 16),
-    "Q3_K": (_q3_k, 16),
-    "Q4_K": (_q4_k, 32),
-    "Q5_K": (_q4_k, 32),
-    "Q6_K": (_q6_k, 16),
+    Q4_0: _legacy,
+    Q4_1: _legacy,
+    Q5_0: _legacy,
+    Q5_1: _legacy,
+    Q8_0: _legacy,
+    Q2_K: _q2_k,
+    Q3_K: _q3_k,
+    Q4_K: _q4_k,
+    Q5_K: _q4_k,
+    Q6_K: _q6_k,
 }

@@ -1,53 +1,80 @@
 """Packed levels: nibbles and bit fields unpacked (and packed) fast, in numpy and in torch.
 
 Every format stores its small integers several to a byte. These helpers take them apart without a loop
-over bytes: on whole arrays, a few bytes at a time as one wide word where that pays.
+over bytes: on whole arrays, a few bytes at a time as one wide word where that pays. Each takes a numpy
+array or a torch tensor and answers in kind (arrays.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import torch
+
+from .arrays import Array, is_torch
 
 # ---- nibbles: two 4-bit values per byte ---------------------------------------------------------
 LOW_NIBBLES = np.uint64(0x0F0F0F0F0F0F0F0F)
 
 
-def split_nibbles(qs: np.ndarray, run: int = 16) -> np.ndarray:
+def nibbles(qs: Array, run: int = 16) -> Array:
     """(n, k·run) bytes -> (n, k, 2, run) levels: each run of bytes gives its low nibbles, then its high
     nibbles. run = 16 is the legacy layout (byte j holds weights j and j+16), run = 32 Q4_K's chunks.
 
-    The nibbles are cut from 64-bit words, eight bytes at a time; qs must be contiguous.
+    numpy cuts the nibbles from 64-bit words, eight bytes at a time (qs must be contiguous).
     """
+    if is_torch(qs):
+        return bit_fields(qs.unflatten(-1, (-1, run)), [0, 4], 0x0F)
     words = qs.view(np.uint64)
     low = (words & LOW_NIBBLES).view(np.uint8)
     high = ((words >> np.uint64(4)) & LOW_NIBBLES).view(np.uint8)
     return interleave_runs([low, high], run)
 
 
-def join_nibbles(q: np.ndarray) -> np.ndarray:
-    """(..., 32) values in 0..15 -> (..., 16) bytes, the inverse of split_nibbles with run = 16."""
-    return (q[..., :16] | (q[..., 16:] << 4)).astype(np.uint8)
+def nibbles_into(out: Array, qs: Array, run: int = 16) -> Array:
+    """nibbles(qs, run) written as float32 straight into out (n, 2·k·run), each nibble plane into its
+    place, with no interleaved uint8 copy in between (a faster torch decode of Q4_K). Returns out as
+    (n, 2·k, run): the levels, which scale_levels then scales in place (its copy of the levels into out
+    is a copy onto itself)."""
+    runs = (qs.contiguous() if is_torch(qs) else qs).reshape(len(qs), -1, run)
+    weights = out.reshape(len(out), -1, 2, run)
+    weights[:, :, 0] = runs & 0x0F
+    weights[:, :, 1] = runs >> 4
+    return out.reshape(len(out), -1, run)
+
+
+def join_nibbles(q: np.ndarray, run: int = 16) -> np.ndarray:
+    """(..., k·2·run) values in 0..15 -> (..., k·run) bytes, the inverse of nibbles(qs, run): run j of
+    each pair goes to the low nibbles, the next run to the high ones."""
+    pairs = q.reshape(*q.shape[:-1], -1, 2, run)
+    packed = (pairs[..., 0, :] | (pairs[..., 1, :] << 4)).astype(np.uint8)
+    return packed.reshape(*q.shape[:-1], q.shape[-1] // 2)
 
 
 # ---- bit fields ---------------------------------------------------------------------------------
-def bit_fields(packed: np.ndarray, shifts, mask: int, place: int = 0) -> np.ndarray:
-    """(n, m) bytes -> (n, len(shifts), m) bytes: ``((packed[:, None, :] >> shift) & mask) << place``.
+def bit_fields(packed: Array, shifts: Sequence[int], mask: int, place: int = 0) -> Array:
+    """(..., m) bytes -> (..., len(shifts), m) bytes: ``((packed[..., None, :] >> shift) & mask) << place``.
 
-    The fast way to unpack bit fields (what ggml's C does with kmask1/kmask2): four bytes at a time as
+    numpy: the fast way to unpack bit fields (what ggml's C does with kmask1/kmask2): four bytes at a time as
     one uint32 with the mask repeated in every byte, so no bit crosses into a neighbour byte (the
     field must still fit its byte after ``<< place``), and the shift axis first, so numpy runs long
     inner loops; a final copy moves the shift axis into place. m must be a multiple of 4.
     """
-    n, m = packed.shape
+    if is_torch(packed):
+        return _bit_fields_torch(packed, shifts, mask, place)
+    *lead, m = packed.shape
+    packed = packed.reshape(-1, m)
+    n = len(packed)
     words = np.ascontiguousarray(packed).view("<u4").reshape(1, -1)
     fields = (words >> np.asarray(shifts, dtype=np.uint32)[:, None]) & np.uint32(mask * 0x01010101)
     if place:
         fields <<= np.uint32(place)
     rows = fields.view(np.dtype((np.void, m))).reshape(len(shifts), n)  # one m-byte row per item
-    return np.ascontiguousarray(rows.T).view(np.uint8).reshape(n, len(shifts), m)
+    return np.ascontiguousarray(rows.T).view(np.uint8).reshape(*lead, len(shifts), m)
 
 
-def interleave_runs(parts, run: int) -> np.ndarray:
+def interleave_runs(parts: Sequence[np.ndarray], run: int) -> np.ndarray:
     """Parts (p arrays (n, k·run)) -> (n, k, p, run) bytes: run r of part j goes to [:, r, j], the order
     in which the formats lay out their bit planes.
 
@@ -73,7 +100,7 @@ def byte_runs(rows: np.ndarray, start: int, size: int) -> np.ndarray:
 def lookup_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     """table[index] for a (256, k) float32 table and uint8 indices: (..., k) float32.
 
-    Each row is gathered as one opaque item by np.take, several times faster than fancy indexing floats.
+    Each row is gathered as one opaque item by np.take: fancy indexing of floats is slower.
     (8-byte rows go as uint64: numpy's take is slow for float64 and 8-byte void items.)
     """
     k = table.shape[1]
@@ -82,17 +109,13 @@ def lookup_rows(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take(rows, index).view(np.float32).reshape(*index.shape, k)
 
 
-# ---- torch --------------------------------------------------------------------------------------
-def torch_bit_fields(packed, shifts, mask: int, place: int = 0):
-    """bit_fields for a torch uint8 tensor: (..., m) -> (..., len(shifts), m).
+def _bit_fields_torch(packed: torch.Tensor, shifts: Sequence[int], mask: int, place: int) -> torch.Tensor:
+    """bit_fields for a torch uint8 tensor.
 
     Torch's CPU kernels are fast on contiguous operands only: the fields are cut from a contiguous copy,
     one shift count (a Python int) at a time into a contiguous plane each, and each plane is then copied
-    into its place. (Shifting by a broadcast tensor of shift counts, into a strided output, or one
-    permuting copy of all planes runs four to a hundred times slower.)
+    into its place (docs/benchmarks.md: the other ways to write it are slower).
     """
-    import torch
-
     packed = packed.contiguous()
     planes = torch.empty((len(shifts), *packed.shape), dtype=torch.uint8, device=packed.device)
     for plane, shift in zip(planes, shifts):
@@ -104,8 +127,3 @@ def torch_bit_fields(packed, shifts, mask: int, place: int = 0):
     for i, plane in enumerate(planes):
         out[..., i, :].copy_(plane)
     return out
-
-
-def torch_nibbles(qs):
-    """(n, 16) bytes of a torch uint8 tensor -> (n, 32): split_nibbles with run = 16."""
-    return torch_bit_fields(qs, [0, 4], 0x0F).reshape(qs.shape[0], 32)

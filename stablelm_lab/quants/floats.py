@@ -7,9 +7,11 @@ type, goes through the same four calls.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, struct
+from .format import QuantFormat
+from .layout import struct
 
 
 class F32(QuantFormat):
@@ -22,20 +24,18 @@ class F32(QuantFormat):
     qtype = T.F32
     block_dtype = struct(("value", "<f4"))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         return np.array([block["value"]], dtype=np.float32)
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = self.weights_for(blocks, out)
         out[:, 0] = blocks["value"]
         return out
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float32))
 
-        return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float32))
-
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         return x[:, 0].astype("<f4").view(self.block_dtype)
 
 
@@ -49,20 +49,18 @@ class F16(QuantFormat):
     qtype = T.F16
     block_dtype = struct(("value", "<f2"))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         return np.array([block["value"]], dtype=np.float32)
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = self.weights_for(blocks, out)
         out[:, 0] = blocks["value"]  # exact widening
         return out
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float16))
 
-        return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.float16))
-
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         return x[:, 0].astype("<f2").view(self.block_dtype)
 
 
@@ -78,20 +76,18 @@ class BF16(QuantFormat):
     qtype = T.BF16
     block_dtype = struct(("bits", "<u2"))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         return np.array([int(block["bits"]) << 16], dtype=np.uint32).view(np.float32)
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = self.weights_for(blocks, out)
         np.left_shift(blocks["bits"], 16, out=out.view(np.uint32)[:, 0], dtype=np.uint32)
         return out
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return self.weights_for(blocks, out).copy_(blocks.contiguous().view(torch.bfloat16))
 
-        return self.torch_weights_for(blocks, out).copy_(blocks.contiguous().view(torch.bfloat16))
-
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         u = x[:, 0].view(np.uint32).astype(np.uint64)
         is_nan = (u & 0x7FFFFFFF) > 0x7F800000
         rounded = (u + (0x7FFF + ((u >> 16) & 1))) >> 16

@@ -18,11 +18,15 @@ scales near the first and keep the one that fits best. IQ4_XS then rounds its ei
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, struct, u8
-from .bits import join_nibbles, lookup_rows
+from .arrays import Array, is_torch
+from .bits import join_nibbles
 from .cfloat import GROUP_MAX_EPS, inverse, sequential_sum, signed_absmax
+from .codebook import decode_nibble_pairs, nibble_pair_table
+from .format import QuantFormat
+from .layout import f16, struct, u8
 from .rounding import nearest_int
 from .weighted import importance_weights, sum_of_squares
 
@@ -34,7 +38,7 @@ SEARCH_CHUNK_WEIGHTS = 1 << 16
 
 
 #: The values of the low and the high nibble of every byte, for the vectorized decoders.
-NIBBLE_VALUES = np.stack([_VALUES[np.arange(256) & 0x0F], _VALUES[np.arange(256) >> 4]], axis=1)
+NIBBLE_VALUES = nibble_pair_table(_VALUES)
 
 
 class IQ4_NL(QuantFormat):
@@ -59,7 +63,7 @@ class IQ4_NL(QuantFormat):
         super().__init__()
         self.ntry = ntry
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         qs = block["qs"]
         y = np.empty(32, dtype=np.float32)
@@ -68,24 +72,22 @@ class IQ4_NL(QuantFormat):
             y[j + 16] = d * _VALUES[qs[j] >> 4]
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         d = blocks["d"].astype(np.float32)
-        qs = self.field_bytes(blocks, "qs")
+        qs = self.field(blocks, "qs")
         return decode_nibble_pairs(qs, d, NIBBLE_VALUES, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        d = self.torch_field(blocks, "d").float()
-        return torch_decode_nibble_pairs(
-            self.torch_field(blocks, "qs"), d, NIBBLE_VALUES, self.torch_weights_for(blocks, out)
-        )
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        d = self.field(blocks, "d").float()
+        return decode_nibble_pairs(self.field(blocks, "qs"), d, NIBBLE_VALUES, self.weights_for(blocks, out))
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_iq4_nl with quant_weights: the same search, weighted by iq4_weights (always 7 tries)."""
         x = rows.reshape(-1, 32)
         weights = iq4_weights(x, np.broadcast_to(importance, rows.shape).reshape(-1, 32))
         return IQ4_NL(ntry=7).quantize_blocks(x, weights)
 
-    def quantize_blocks(self, x, weights=None):
+    def quantize_blocks(self, x: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         d = np.empty(len(x), dtype=np.float32)
         nibbles = np.empty(x.shape, dtype=np.uint8)
         skipped = np.empty(len(x), dtype=bool)
@@ -120,9 +122,10 @@ class IQ4_XS(QuantFormat):
     """
 
     qtype = T.IQ4_XS
+    sub_block_size = 32
     block_dtype = struct(f16("d"), ("scales_h", "<u2"), u8("scales_l", 4), u8("qs", 128))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         scales_h, scales_l = int(block["scales_h"]), block["scales_l"]
         y = np.empty(256, dtype=np.float32)
@@ -135,34 +138,27 @@ class IQ4_XS(QuantFormat):
                 y[32 * ib + j + 16] = dl * _VALUES[qs[j] >> 4]
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
         ls = _six_bit_scales(blocks["scales_l"], blocks["scales_h"])
         dl = blocks["d"].astype(np.float32)[:, None] * _SCALE_MINUS_32[ls]  # (n, 8)
         return decode_nibble_pairs(
-            self.field_bytes(blocks, "qs").reshape(n * 8, 16),
+            self.field(blocks, "qs").reshape(n * 8, 16),
             dl.reshape(n * 8),
             NIBBLE_VALUES,
             self.weights_for(blocks, out),
         )
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        ls = _six_bit_scales(self.field(blocks, "scales_l"), self.field(blocks, "scales_h"))
+        dl = self.field(blocks, "d").float()[:, None] * (ls.to(torch.int32) - 32)  # (n, 8)
+        qs = self.field(blocks, "qs").unflatten(1, (8, 16))  # (n, 8, 16)
+        return decode_nibble_pairs(qs, dl, NIBBLE_VALUES, self.weights_for(blocks, out))
 
-        n = blocks.shape[0]
-        scales_l = self.torch_field(blocks, "scales_l")
-        scales_h = self.torch_field(blocks, "scales_h").to(torch.int32)
-        low = torch.stack([scales_l & 0x0F, scales_l >> 4], dim=-1).reshape(n, 8).to(torch.int32)
-        shifts = torch.arange(0, 16, 2, device=blocks.device, dtype=torch.int32)
-        ls = low | (((scales_h[:, None] >> shifts) & 3) << 4)
-        dl = self.torch_field(blocks, "d").float()[:, None] * (ls - 32)  # (n, 8)
-        qs = self.torch_field(blocks, "qs").unflatten(1, (8, 16))  # (n, 8, 16)
-        return torch_decode_nibble_pairs(qs, dl, NIBBLE_VALUES, self.torch_weights_for(blocks, out))
-
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         return self.quantize_in_chunks(x, self._quantize_super_blocks, SEARCH_CHUNK_WEIGHTS // 256)
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_iq4_xs with quant_weights: the sub-block searches weighted by iq4_weights."""
         x = rows.reshape(-1, 256)
         weights = iq4_weights(x, np.broadcast_to(importance, rows.shape).reshape(-1, 256))
@@ -200,37 +196,16 @@ def iq4_weights(x: np.ndarray, importance: np.ndarray) -> np.ndarray:
 _SCALE_MINUS_32 = (np.arange(64) - 32).astype(np.float32)
 
 
-def _six_bit_scales(scales_l: np.ndarray, scales_h: np.ndarray) -> np.ndarray:
+def _six_bit_scales(scales_l: Array, scales_h: Array) -> Array:
     """IQ4_XS's eight 6-bit scales per block: (n, 4) low nibbles (interleaved) and (n,) uint16 high bits."""
+    if is_torch(scales_l):
+        low = torch.stack([scales_l & 0x0F, scales_l >> 4], dim=-1).reshape(-1, 8)
+        shifts = torch.arange(0, 16, 2, device=scales_h.device, dtype=torch.int32)
+        high = (scales_h.to(torch.int32)[:, None] >> shifts) & 3
+        return low | (high.to(torch.uint8) << 4)
     low = np.stack([scales_l & 0x0F, scales_l >> 4], axis=-1).reshape(-1, 8)
     high = (scales_h[:, None] >> np.arange(0, 16, 2, dtype=np.uint16)) & 3
     return low | (high.astype(np.uint8) << 4)
-
-
-def decode_nibble_pairs(qs: np.ndarray, d: np.ndarray, values: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """(m, 16) bytes of nibble pairs and (m,) float32 scales -> (m, 32) weights d · value into out, the
-    low nibbles first (weights 0..15) and the high nibbles after (16..31); values is a (256, 2) table
-    per byte."""
-    pairs = lookup_rows(values, qs)  # (m, 16, low/high)
-    pairs *= d[:, None, None]  # d·value, in cache
-    out.reshape(-1, 2, 16)[...] = pairs.transpose(0, 2, 1)
-    return out
-
-
-def torch_decode_nibble_pairs(qs, d, values: np.ndarray, out):
-    """decode_nibble_pairs in torch: qs (..., 16) bytes, d (...) float32 scales -> out.
-
-    Each pair of values is fetched as one int64 by index_select: ten times faster on the CPU than
-    indexing a (256, 2) float table.
-    """
-    import torch
-
-    table = torch.from_numpy(values).view(torch.int64).reshape(256).to(qs.device)
-    pairs = torch.index_select(table, 0, qs.reshape(-1).int()).view(torch.float32)
-    pairs = pairs.view(*qs.shape, 2)  # (..., 16, low/high)
-    pairs *= d[..., None, None]  # d·value, in cache
-    out.view(*qs.shape[:-1], 2, 16).copy_(pairs.transpose(-1, -2))
-    return out
 
 
 # ---- encode: quantize_row_iq4_nl_impl, vectorized over sub-blocks ---------------------------------

@@ -39,11 +39,14 @@ be made without one: ggml_quantize_requires_imatrix).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
 from . import iq_grids
-from .base import QuantFormat, f16, struct, u8
+from .arrays import Array, is_torch
 from .bits import lookup_rows
+from .format import QuantFormat
+from .layout import f16, struct, u8
 
 # ---- tables made from ggml-common.h's ---------------------------------------------------------------
 #: bit j of a sign byte belongs to weight j of a group (ggml's kmask_iq2xs = 1, 2, 4, ..., 128)
@@ -119,48 +122,37 @@ def _signs(byte: int, count: int = 8) -> np.ndarray:
     return _SIGN_PATTERNS[int(byte) & 0xFF, :count]
 
 
-def _scaled(table: np.ndarray, index: np.ndarray, scale: np.ndarray, out: np.ndarray) -> np.ndarray:
+def _scaled(table: np.ndarray, index: Array, scale: Array, out: Array) -> Array:
     """out = scale · table[index]: index (n, g, k) into rows of ``width`` values, scale (n, g) float32,
     out (n, g·k·width). One lookup per group, one product written straight into out."""
+    if is_torch(index):
+        rows = _torch_table(table, index.device)
+        values = torch.index_select(rows, 0, index.reshape(-1).long()).view(*index.shape, table.shape[1])
+        torch.mul(values, scale[:, :, None, None], out=out.view(values.shape))
+        return out
     values = lookup_rows(table, index.astype(np.intp))  # (n, g, k, width)
     np.multiply(values, scale[:, :, None, None], out=out.reshape(values.shape))
-    return out
-
-
-def _torch_scaled(table: np.ndarray, index, scale, out):
-    """_scaled in torch: index (n, g, k) int tensor, scale (n, g) float32."""
-    import torch
-
-    table_t = _torch_table(table, index.device)
-    values = torch.index_select(table_t, 0, index.reshape(-1).long()).view(*index.shape, table.shape[1])
-    torch.mul(values, scale[:, :, None, None], out=out.view(values.shape))
     return out
 
 
 _torch_tables: dict = {}
 
 
-def _torch_table(table: np.ndarray, device):
+def _torch_table(table: np.ndarray, device: torch.device) -> torch.Tensor:
     """A decode table as a tensor on ``device``, made once per table and device."""
-    import torch
-
     key = (id(table), str(device))
     if key not in _torch_tables:
         _torch_tables[key] = torch.from_numpy(table).to(device)
     return _torch_tables[key]
 
 
-def _torch_bytes(blocks, start: int, stop: int):
-    """Bytes start..stop-1 of every block (a uint8 tensor (n, type_size)) as int32, (n, stop - start)."""
-    import torch
-
-    return blocks[:, start:stop].to(torch.int32)
+def _int32(b: torch.Tensor) -> torch.Tensor:
+    """Bytes of a torch uint8 tensor as int32, for index arithmetic past bit 7."""
+    return b.to(torch.int32)
 
 
-def _torch_words(b):
+def _torch_words(b: torch.Tensor) -> torch.Tensor:
     """(..., 4k) int32 bytes -> (..., k) little-endian words as int64 (no sign trouble at bit 31)."""
-    import torch
-
     b = b.to(torch.int64).unflatten(-1, (-1, 4))
     return b[..., 0] | (b[..., 1] << 8) | (b[..., 2] << 16) | (b[..., 3] << 24)
 
@@ -180,9 +172,10 @@ class IQ2_XXS(QuantFormat):
     """
 
     qtype = T.IQ2_XXS
+    sub_block_size = 32
     block_dtype = struct(f16("d"), ("qs", "<u2", (32,)))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         aux = block["qs"].astype("<u2").view("<u4")  # 16 words: (aux0, aux1) × 8
         y = np.empty(256, dtype=np.float32)
@@ -195,9 +188,9 @@ class IQ2_XXS(QuantFormat):
                 y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db * grid * signs
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        qs = self.field_bytes(blocks, "qs").reshape(n, 8, 8)  # per 32 weights: aux0, aux1
+        qs = self.field(blocks, "qs").view(np.uint8).reshape(n, 8, 8)  # per 32 weights: aux0, aux1
         aux1 = np.ascontiguousarray(qs[:, :, 4:]).view("<u4")[..., 0]  # (n, 8)
         signs = (aux1[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 127
         index = (signs.astype(np.uint16) << 8) | qs[:, :, :4]  # (n, 8, 4)
@@ -205,17 +198,17 @@ class IQ2_XXS(QuantFormat):
         db = d * _HALF_PLUS[aux1 >> 28] * np.float32(0.25)  # (n, 8)
         return _scaled(_IQ2XXS_SIGNED, index, db, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = blocks.shape[0]
-        qs = _torch_bytes(blocks, 2, 66).view(n, 8, 8)
+        qs = _int32(self.byte_range(blocks, 2, 64)).view(n, 8, 8)
         aux1 = _torch_words(qs[:, :, 4:])[..., 0]  # (n, 8)
         shifts = [0, 7, 14, 21]
         signs = (aux1[:, :, None] >> aux1.new_tensor(shifts)) & 127
         index = (signs << 8) | qs[:, :, :4]
-        d = self.torch_field(blocks, "d").float()[:, None]
+        d = self.field(blocks, "d").float()[:, None]
         s = (aux1 >> 28).float()
         db = d * (0.5 + s) * 0.25
-        return _torch_scaled(_IQ2XXS_SIGNED, index, db, self.torch_weights_for(blocks, out))
+        return _scaled(_IQ2XXS_SIGNED, index, db, self.weights_for(blocks, out))
 
 
 class IQ2_XS(QuantFormat):
@@ -231,9 +224,10 @@ class IQ2_XS(QuantFormat):
     """
 
     qtype = T.IQ2_XS
+    sub_block_size = 16
     block_dtype = struct(f16("d"), ("qs", "<u2", (32,)), u8("scales", 8))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         y = np.empty(256, dtype=np.float32)
         for ib32 in range(8):
@@ -248,16 +242,16 @@ class IQ2_XS(QuantFormat):
                 y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db[l // 2] * grid * signs
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        index = self.field_bytes(blocks, "qs").view("<u2").reshape(n, 16, 2)  # the uint16 is the row
-        return _scaled(_IQ2XS_SIGNED, index, _iq2_scales(blocks), self.weights_for(blocks, out))
+        index = self.field(blocks, "qs").reshape(n, 16, 2)  # the uint16 is the row
+        return _scaled(_IQ2XS_SIGNED, index, _iq2_scales(self, blocks), self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = blocks.shape[0]
-        b = _torch_bytes(blocks, 2, 66).view(n, 32, 2)
+        b = _int32(self.byte_range(blocks, 2, 64)).view(n, 32, 2)
         index = (b[..., 0] | (b[..., 1] << 8)).view(n, 16, 2)
-        return _torch_scaled(_IQ2XS_SIGNED, index, _torch_iq2_scales(self, blocks), self.torch_weights_for(blocks, out))
+        return _scaled(_IQ2XS_SIGNED, index, _iq2_scales(self, blocks), self.weights_for(blocks, out))
 
 
 class IQ2_S(QuantFormat):
@@ -274,9 +268,10 @@ class IQ2_S(QuantFormat):
     """
 
     qtype = T.IQ2_S
+    sub_block_size = 16
     block_dtype = struct(f16("d"), u8("qs", 64), u8("qh", 8), u8("scales", 8))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         qs, signs, qh = block["qs"][:32], block["qs"][32:], block["qh"]
         y = np.empty(256, dtype=np.float32)
@@ -292,45 +287,41 @@ class IQ2_S(QuantFormat):
                 y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db[l // 2] * grid * _signs(signs[4 * ib32 + l])
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        qs = self.field_bytes(blocks, "qs")
-        high = (self.field_bytes(blocks, "qh")[:, :, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3
+        qs = self.field(blocks, "qs")
+        high = (self.field(blocks, "qh")[:, :, None] >> np.array([0, 2, 4, 6], np.uint8)) & 3
         index = qs[:, :32].astype(np.uint16) | (high.reshape(n, 32).astype(np.uint16) << 8)
         points = lookup_rows(_IQ2S, index.astype(np.intp))  # (n, 32, 8)
         points *= lookup_rows(_SIGN_PATTERNS, qs[:, 32:])  # the sign bits, exact
         out = self.weights_for(blocks, out)
-        np.multiply(points.reshape(n, 16, 2, 8), _iq2_scales(blocks)[:, :, None, None], out=out.reshape(n, 16, 2, 8))
+        np.multiply(
+            points.reshape(n, 16, 2, 8), _iq2_scales(self, blocks)[:, :, None, None], out=out.reshape(n, 16, 2, 8)
+        )
         return out
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = blocks.shape[0]
-        qs = _torch_bytes(blocks, 2, 66)
-        qh = _torch_bytes(blocks, 66, 74)
+        qs = _int32(self.byte_range(blocks, 2, 64))
+        qh = _int32(self.byte_range(blocks, 66, 8))
         high = torch.stack([(qh >> s) & 3 for s in (0, 2, 4, 6)], dim=-1).reshape(n, 32)
         index = qs[:, :32] | (high << 8)
         table, signs = _torch_table(_IQ2S, blocks.device), _torch_table(_SIGN_PATTERNS, blocks.device)
         points = torch.index_select(table, 0, index.reshape(-1).long()).view(n, 16, 2, 8)
         points *= torch.index_select(signs, 0, qs[:, 32:].reshape(-1).long()).view(n, 16, 2, 8)
-        out = self.torch_weights_for(blocks, out)
-        torch.mul(points, _torch_iq2_scales(self, blocks)[:, :, None, None], out=out.view(n, 16, 2, 8))
+        out = self.weights_for(blocks, out)
+        torch.mul(points, _iq2_scales(self, blocks)[:, :, None, None], out=out.view(n, 16, 2, 8))
         return out
 
 
-def _iq2_scales(blocks) -> np.ndarray:
+def _iq2_scales(fmt: QuantFormat, blocks: Array) -> Array:
     """IQ2_XS, IQ2_S: d·(0.5 + s)·0.25 per 16 weights, (n, 16) float32 (s: the nibbles, low first)."""
+    if is_torch(blocks):
+        scales = fmt.field(blocks, "scales").to(torch.int32)
+        s = torch.stack([scales & 0xF, scales >> 4], dim=-1).reshape(blocks.shape[0], 16).float()
+        return fmt.field(blocks, "d").float()[:, None] * (0.5 + s) * 0.25
     nibbles = np.stack([blocks["scales"] & 0xF, blocks["scales"] >> 4], axis=-1).reshape(len(blocks), 16)
     return blocks["d"].astype(np.float32)[:, None] * _HALF_PLUS[nibbles] * np.float32(0.25)
-
-
-def _torch_iq2_scales(fmt, blocks):
-    import torch
-
-    scales = fmt.torch_field(blocks, "scales").to(torch.int32)
-    s = torch.stack([scales & 0xF, scales >> 4], dim=-1).reshape(blocks.shape[0], 16).float()
-    return fmt.torch_field(blocks, "d").float()[:, None] * (0.5 + s) * 0.25
 
 
 # ---- IQ3 ---------------------------------------------------------------------------------------------
@@ -348,9 +339,10 @@ class IQ3_XXS(QuantFormat):
     """
 
     qtype = T.IQ3_XXS
+    sub_block_size = 32
     block_dtype = struct(f16("d"), u8("qs", 96))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         qs = block["qs"]
         scales_and_signs = qs[64:].view("<u4")
@@ -364,9 +356,9 @@ class IQ3_XXS(QuantFormat):
                 y[32 * ib32 + 8 * l : 32 * ib32 + 8 * l + 8] = db * grid * signs
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        qs = self.field_bytes(blocks, "qs")
+        qs = self.field(blocks, "qs")
         aux = np.ascontiguousarray(qs[:, 64:]).view("<u4")  # (n, 8)
         sign_index = (aux[:, :, None] >> np.array([0, 7, 14, 21], np.uint32)) & 127  # (n, 8, 4)
         high = np.take(_KSIGN_NIBBLES_HIGH, sign_index).view(np.uint16).reshape(n, 8, 8)
@@ -374,19 +366,17 @@ class IQ3_XXS(QuantFormat):
         db = blocks["d"].astype(np.float32)[:, None] * _HALF_PLUS[aux >> 28] * np.float32(0.5)
         return _scaled(_IQ3XXS_SIGNED, index, db, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = blocks.shape[0]
-        qs = _torch_bytes(blocks, 2, 98)
+        qs = _int32(self.byte_range(blocks, 2, 96))
         aux = _torch_words(qs[:, 64:])  # (n, 8)
         sign_index = torch.stack([(aux >> s) & 127 for s in (0, 7, 14, 21)], dim=-1)  # (n, 8, 4)
         high = torch.index_select(
             _torch_table(_KSIGN_NIBBLES_HIGH_INT32, blocks.device), 0, sign_index.reshape(-1)
         ).view(n, 8, 8)
         index = high | qs[:, :64].reshape(n, 8, 8)
-        db = self.torch_field(blocks, "d").float()[:, None] * (0.5 + (aux >> 28).float()) * 0.5
-        return _torch_scaled(_IQ3XXS_SIGNED, index, db, self.torch_weights_for(blocks, out))
+        db = self.field(blocks, "d").float()[:, None] * (0.5 + (aux >> 28).float()) * 0.5
+        return _scaled(_IQ3XXS_SIGNED, index, db, self.weights_for(blocks, out))
 
 
 class IQ3_S(QuantFormat):
@@ -403,9 +393,10 @@ class IQ3_S(QuantFormat):
     """
 
     qtype = T.IQ3_S
+    sub_block_size = 32
     block_dtype = struct(f16("d"), u8("qs", 64), u8("qh", 8), u8("signs", 32), u8("scales", 4))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         qs, qh, signs = block["qs"], block["qh"], block["signs"]
         y = np.empty(256, dtype=np.float32)
@@ -418,34 +409,30 @@ class IQ3_S(QuantFormat):
                 y[32 * ib32 + 4 * k : 32 * ib32 + 4 * k + 4] = db * _IQ3S[index] * sign
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        high = (self.field_bytes(blocks, "qh")[:, :, None] >> _BITS) & 1  # (n, 8, 8)
-        signs = self.field_bytes(blocks, "signs")
+        high = (self.field(blocks, "qh")[:, :, None] >> _BITS) & 1  # (n, 8, 8)
+        signs = self.field(blocks, "signs")
         nibbles = np.stack([signs & 0xF, signs >> 4], axis=-1).reshape(n, 8, 8)
         index = (
-            (nibbles.astype(np.uint16) << 9)
-            | (high.astype(np.uint16) << 8)
-            | self.field_bytes(blocks, "qs").reshape(n, 8, 8)
+            (nibbles.astype(np.uint16) << 9) | (high.astype(np.uint16) << 8) | self.field(blocks, "qs").reshape(n, 8, 8)
         )
         scales = blocks["scales"]
         s = np.stack([scales & 0xF, scales >> 4], axis=-1).reshape(n, 8)
         db = blocks["d"].astype(np.float32)[:, None] * _ODD[s]
         return _scaled(_IQ3S_SIGNED, index, db, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = blocks.shape[0]
-        qh = _torch_bytes(blocks, 66, 74)
+        qh = _int32(self.byte_range(blocks, 66, 8))
         high = torch.stack([(qh >> k) & 1 for k in range(8)], dim=-1)  # (n, 8, 8)
-        signs = _torch_bytes(blocks, 74, 106)
+        signs = _int32(self.byte_range(blocks, 74, 32))
         nibbles = torch.stack([signs & 0xF, signs >> 4], dim=-1).reshape(n, 8, 8)
-        index = (nibbles << 9) | (high << 8) | _torch_bytes(blocks, 2, 66).reshape(n, 8, 8)
-        scales = _torch_bytes(blocks, 106, 110)
+        index = (nibbles << 9) | (high << 8) | _int32(self.byte_range(blocks, 2, 64)).reshape(n, 8, 8)
+        scales = _int32(self.byte_range(blocks, 106, 4))
         s = torch.stack([scales & 0xF, scales >> 4], dim=-1).reshape(n, 8)
-        db = self.torch_field(blocks, "d").float()[:, None] * (1 + 2 * s).float()
-        return _torch_scaled(_IQ3S_SIGNED, index, db, self.torch_weights_for(blocks, out))
+        db = self.field(blocks, "d").float()[:, None] * (1 + 2 * s).float()
+        return _scaled(_IQ3S_SIGNED, index, db, self.weights_for(blocks, out))
 
 
 # ---- IQ1 ---------------------------------------------------------------------------------------------
@@ -462,9 +449,10 @@ class IQ1_S(QuantFormat):
     """
 
     qtype = T.IQ1_S
+    sub_block_size = 32
     block_dtype = struct(f16("d"), u8("qs", 32), ("qh", "<u2", (8,)))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         y = np.empty(256, dtype=np.float32)
         for ib in range(8):
@@ -476,25 +464,23 @@ class IQ1_S(QuantFormat):
                 y[32 * ib + 8 * l : 32 * ib + 8 * l + 8] = dl * (grid + delta)
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        qh = self.field_bytes(blocks, "qh").view("<u2")  # (n, 8)
+        qh = self.field(blocks, "qh")  # (n, 8) uint16
         key = (qh & 0x0FFF) | ((qh >> 3) & 0x1000)  # index bits + delta bit
         high = np.take(_IQ1S_HIGH_BITS, key).view(np.uint16).reshape(n, 8, 4)
-        index = high | self.field_bytes(blocks, "qs").reshape(n, 8, 4)
+        index = high | self.field(blocks, "qs").reshape(n, 8, 4)
         dl = blocks["d"].astype(np.float32)[:, None] * _ODD[(qh >> 12) & 7]
         return _scaled(_IQ1_SHIFTED, index, dl, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = blocks.shape[0]
-        b = _torch_bytes(blocks, 34, 50).view(n, 8, 2)
+        b = _int32(self.byte_range(blocks, 34, 16)).view(n, 8, 2)
         qh = b[..., 0] | (b[..., 1] << 8)  # (n, 8)
         high = torch.stack([(qh >> s) & 7 for s in (0, 3, 6, 9)], dim=-1)
-        index = ((qh[:, :, None] >> 15) << 11) | (high << 8) | _torch_bytes(blocks, 2, 34).view(n, 8, 4)
-        dl = self.torch_field(blocks, "d").float()[:, None] * (2 * ((qh >> 12) & 7) + 1).float()
-        return _torch_scaled(_IQ1_SHIFTED, index, dl, self.torch_weights_for(blocks, out))
+        index = ((qh[:, :, None] >> 15) << 11) | (high << 8) | _int32(self.byte_range(blocks, 2, 32)).view(n, 8, 4)
+        dl = self.field(blocks, "d").float()[:, None] * (2 * ((qh >> 12) & 7) + 1).float()
+        return _scaled(_IQ1_SHIFTED, index, dl, self.weights_for(blocks, out))
 
 
 class IQ1_M(QuantFormat):
@@ -512,9 +498,10 @@ class IQ1_M(QuantFormat):
     """
 
     qtype = T.IQ1_M
+    sub_block_size = 16
     block_dtype = struct(u8("qs", 32), u8("qh", 16), u8("scales", 8))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         sc = [int(v) for v in block["scales"].view("<u2")]
         d_bits = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000)
         d = np.float32(np.uint16(d_bits).view(np.float16))
@@ -527,28 +514,26 @@ class IQ1_M(QuantFormat):
             y[8 * g : 8 * g + 8] = (d * np.float32(2 * s + 1)) * (grid + delta)
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        high = np.take(_IQ1M_HIGH_BITS, self.field_bytes(blocks, "qh")).view(np.uint16)  # (n, 32)
-        index = high.reshape(n, 16, 2) | self.field_bytes(blocks, "qs").reshape(n, 16, 2)
-        sc = self.field_bytes(blocks, "scales").view("<u2")  # (n, 4)
+        high = np.take(_IQ1M_HIGH_BITS, self.field(blocks, "qh")).view(np.uint16)  # (n, 32)
+        index = high.reshape(n, 16, 2) | self.field(blocks, "qs").reshape(n, 16, 2)
+        sc = self.field(blocks, "scales").view("<u2")  # (n, 4)
         d_bits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00) | (sc[:, 3] & 0xF000)
         d = d_bits.view(np.float16).astype(np.float32)
         s = (sc[:, :, None] >> np.array([0, 3, 6, 9], np.uint16)) & 7  # (n, 4, 4): per 16 weights
         dl = d[:, None] * _ODD[s.reshape(n, 16)]
         return _scaled(_IQ1_SHIFTED, index, dl, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = blocks.shape[0]
-        qh = _torch_bytes(blocks, 32, 48)
+        qh = _int32(self.byte_range(blocks, 32, 16))
         nibbles = torch.stack([qh & 0xF, qh >> 4], dim=-1).reshape(n, 16, 2)
-        index = (nibbles << 8) | _torch_bytes(blocks, 0, 32).view(n, 16, 2)
-        b = _torch_bytes(blocks, 48, 56).view(n, 4, 2)
+        index = (nibbles << 8) | _int32(self.byte_range(blocks, 0, 32)).view(n, 16, 2)
+        b = _int32(self.byte_range(blocks, 48, 8)).view(n, 4, 2)
         sc = b[..., 0] | (b[..., 1] << 8)  # (n, 4)
         d_bits = (sc[:, 0] >> 12) | ((sc[:, 1] >> 8) & 0x00F0) | ((sc[:, 2] >> 4) & 0x0F00) | (sc[:, 3] & 0xF000)
         d = torch.where(d_bits >= 0x8000, d_bits - 0x10000, d_bits).to(torch.int16).view(torch.float16).float()
         s = torch.stack([(sc >> t) & 7 for t in (0, 3, 6, 9)], dim=-1).reshape(n, 16)
         dl = d[:, None] * (2 * s + 1).float()
-        return _torch_scaled(_IQ1_SHIFTED, index, dl, self.torch_weights_for(blocks, out))
+        return _scaled(_IQ1_SHIFTED, index, dl, self.weights_for(blocks, out))

@@ -1,4 +1,4 @@
-"""What the K-quant quantizers share: make_qkx2_quants, the last pass, and the 6-bit scale/min packing.
+"""The scale searches of the K-quant quantizers: make_qkx2_quants, make_qx_quants, and the last pass.
 
 ggml's reference quantizers of Q2_K, Q4_K and Q5_K fit every sub-block with ``x ≈ scale·q - min``
 using ``make_qkx2_quants``: a first guess from the sub-block's range, then ``nstep + 1`` trial scales,
@@ -8,74 +8,19 @@ operations of the C code, in its order. (Q3_K and Q6_K search symmetric scales i
 make_q3_quants and make_qx_quants, through ``search_sub_blocks``.) After the search, the scales and
 mins are quantized themselves, and ``requantize_levels`` chooses every level again from the stored
 values, in all five.
-
-Q4_K and Q5_K then store the eight 6-bit scales and eight 6-bit mins of a super-block in 12 bytes
-(``get_scale_min_k4`` reads them back):
-
-    byte 0-3    scale j (bits 0-5)  | high 2 bits of scale j+4 (bits 6-7)      j = 0..3
-    byte 4-7    min j (bits 0-5)    | high 2 bits of min j+4 (bits 6-7)
-    byte 8-11   low 4 bits of scale j+4 (bits 0-3) | low 4 bits of min j+4 (bits 4-7)
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
-from .cfloat import sequential_sum
+from .cfloat import GROUP_MAX_EPS, sequential_sum, signed_absmax
 from .rounding import nearest_int
 
 #: Sub-blocks searched per step: the search's temporaries then stay in cache.
 SEARCH_CHUNK = 8192
-
-
-# ---- the 6-bit scales and mins of Q4_K and Q5_K ---------------------------------------------------
-def get_scale_min_k4(j: int, q: np.ndarray) -> tuple[int, int]:
-    """Scale and min of sub-block j from the 12 packed bytes q, as ggml's get_scale_min_k4 reads them."""
-    q = [int(b) for b in q]
-    if j < 4:
-        return q[j] & 63, q[j + 4] & 63
-    return (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)
-
-
-def sub_block_scale_min(j: int, block) -> tuple[np.float32, np.float32]:
-    """``d·sc`` and ``dmin·m`` of sub-block j of a Q4_K/Q5_K block, float32, as dequantize_row_q4_K."""
-    sc, m = get_scale_min_k4(j, block["scales"])
-    return np.float32(block["d"]) * np.float32(sc), np.float32(block["dmin"]) * np.float32(m)
-
-
-def unpack_scale_min_words(low, high, mixed):
-    """The 12 packed bytes as three little-endian 32-bit words (bytes 0-3, 4-7, 8-11) -> four words
-    holding one 6-bit value per byte: scales 0-3, scales 4-7, mins 0-3, mins 4-7.
-
-    get_scale_min_k4 for four sub-blocks at a time: ``(b >> 6) << 4`` of every byte b is the word's
-    ``(w >> 2) & 0x30303030``. numpy (uint32) and torch (int32: the sign bits are masked off) alike.
-    """
-    return (
-        low & 0x3F3F3F3F,
-        (mixed & 0x0F0F0F0F) | ((low >> 2) & 0x30303030),
-        high & 0x3F3F3F3F,
-        ((mixed >> 4) & 0x0F0F0F0F) | ((high >> 2) & 0x30303030),
-    )
-
-
-def scales_mins_k4(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(n, 12) packed bytes -> scales (n, 8) and mins (n, 8), uint8."""
-    words = q.view("<u4")  # (n, 3)
-    values = np.stack(unpack_scale_min_words(*words.T), axis=1).view(np.uint8)  # (n, 16)
-    return values[:, :8], values[:, 8:]
-
-
-def pack_scales_mins_k4(scales: np.ndarray, mins: np.ndarray) -> np.ndarray:
-    """(n, 8) scales and (n, 8) mins, each in 0..63 -> (n, 12) bytes, the inverse of scales_mins_k4."""
-    scales, mins = scales.astype(np.uint8), mins.astype(np.uint8)
-    return np.concatenate(
-        [
-            scales[:, :4] | ((scales[:, 4:] >> 4) << 6),
-            mins[:, :4] | ((mins[:, 4:] >> 4) << 6),
-            (scales[:, 4:] & 0xF) | ((mins[:, 4:] & 0xF) << 4),
-        ],
-        axis=1,
-    )
 
 
 # ---- make_qkx2_quants -----------------------------------------------------------------------------
@@ -165,6 +110,48 @@ def _weighted_error(scale, the_min, levels, x_t, w_t, use_mad: bool) -> np.ndarr
     return sequential_sum(w_t * diff)
 
 
+# ---- make_qx_quants: the symmetric search of Q6_K (and Q3_K, Q4_0, Q5_0 with an importance matrix) ---
+def make_qx_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ggml's ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` for many groups at once.
+
+    x: float32 (n, groups), element i of every group in row i (so ``x[i]`` reads as in the C);
+    weights: qw in the same layout, or None for C's qw = NULL, which weighs each element by x².
+    Returns (scale (groups,), L (n, groups) in 0..2·nmax-1) with x ≈ scale · (L - nmax).
+
+    The search: start from iscale = -nmax/max (max = the signed value of largest magnitude), then try
+    the 18 scales -(nmax + 0.1·is)/max for is = -9..9, is != 0, keeping a candidate when it lowers the
+    error weighted by w (x², or qw) -- i.e. raises sumlx²/suml2, where sumlx = Σ w·x·l and suml2 = Σ w·l².
+    """
+    max_value = signed_absmax(x, axis=0)
+    all_zero = np.abs(max_value) < GROUP_MAX_EPS
+    w = x * x if weights is None else weights
+    wx = w * x
+
+    def quants(iscale):
+        return np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
+
+    def sums(l):
+        lf = l.astype(np.float32)
+        return sequential_sum(wx * lf), sequential_sum(w * lf * lf)
+
+    l = quants(np.float32(-nmax) / max_value)
+    sumlx, suml2 = sums(l)
+    scale = np.where(suml2 != 0, sumlx / suml2, np.float32(0))  # C: suml2 ? ... (NaN is true)
+    best = scale * sumlx
+    for step in range(-9, 10):
+        if step == 0:
+            continue
+        iscale = -(np.float32(nmax) + np.float32(0.1) * np.float32(step)) / max_value
+        trial = quants(iscale)
+        sumlx, suml2 = sums(trial)
+        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+        l = np.where(better, trial, l)
+        scale = np.where(better, sumlx / suml2, scale)
+        best = np.where(better, scale * sumlx, best)
+    scale = np.where(all_zero, np.float32(0), scale)
+    return scale, np.where(all_zero, 0, l + nmax)
+
+
 # ---- the last pass -------------------------------------------------------------------------------
 def requantize_levels(
     x: np.ndarray, d: np.ndarray, levels: np.ndarray, lowest: int, highest: int, dm: np.ndarray | None = None
@@ -183,7 +170,7 @@ def requantize_levels(
 
 
 def search_sub_blocks(
-    x: np.ndarray, search, nmax: int, weights: np.ndarray | None = None
+    x: np.ndarray, search: Callable[..., tuple[np.ndarray, np.ndarray]], nmax: int, weights: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run a symmetric scale search (make_qx_quants, make_q3_quants) on the 16 sub-blocks of 16 weights
     of every super-block of x (n, 256): scales (n, 16) and levels (n, 16, 16) in 0..2·nmax-1. With

@@ -13,21 +13,31 @@ high nibble. For the 5-bit types, bit j of the little-endian uint32 qh is the fi
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, i8, scale_levels, struct, u8
-from .bits import join_nibbles, split_nibbles, torch_nibbles
+from .arrays import Array, is_torch
+from .bits import join_nibbles, nibbles
 from .cfloat import inverse, signed_absmax
+from .format import QuantFormat
+from .layout import f16, i8, struct, u8
 from .rounding import round_away_from_zero, truncate
+from .scaling import scale_levels
 from .weighted import importance_weights, make_qkx3_quants, make_qx_quants, sum_of_squares
 
 
 # ---- the fifth bit of the 5-bit types ----------------------------------------------------------
-def fifth_bits(qh: np.ndarray) -> np.ndarray:
+def fifth_bits(qh: Array) -> Array:
     """(n, 4) bytes of a little-endian uint32 -> (n, 32) values 0 or 16: bit j belongs to weight j.
 
-    Unpacked as one flat run of bits (qh must be contiguous): one long loop instead of one per block.
+    numpy unpacks them as one flat run of bits (qh must be contiguous): one long loop instead of one per
+    block. torch fetches the eight bytes of each byte of qh as one int64 by index_select (torch shifts by
+    a tensor of shift counts slowly, and indexes a 2-D table slowly).
     """
+    if is_torch(qh):
+        table = torch.from_numpy(_FIFTH_BITS_OF_BYTE).view(torch.int64).reshape(256).to(qh.device)
+        bits = torch.index_select(table, 0, qh.reshape(-1).int()).view(torch.uint8)
+        return bits.view(qh.shape[0], 32)  # byte b, bit s -> weight 8b + s
     bits = np.unpackbits(qh.reshape(-1), bitorder="little")
     return (bits << 4).reshape(len(qh), 32)
 
@@ -41,16 +51,6 @@ def pack_fifth_bits(q: np.ndarray) -> np.ndarray:
 _FIFTH_BITS_OF_BYTE = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little") << 4
 
 
-def _torch_fifth_bits(qh):
-    """fifth_bits in torch: the eight bytes of each byte of qh (n, 4) fetched as one int64 by index_select
-    (torch shifts by a tensor of shift counts slowly, and indexes a 2-D table slowly)."""
-    import torch
-
-    table = torch.from_numpy(_FIFTH_BITS_OF_BYTE).view(torch.int64).reshape(256).to(qh.device)
-    bits = torch.index_select(table, 0, qh.reshape(-1).int()).view(torch.uint8)
-    return bits.view(qh.shape[0], 32)  # byte b, bit s -> weight 8b + s
-
-
 # ---- with an importance matrix ----------------------------------------------------------------
 def block_weights(rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
     """The weights of quantize_row_q4_0_impl (and q4_1, q5_0, q5_1): qw·sqrt(sigma2 + x²) with sigma2
@@ -59,7 +59,7 @@ def block_weights(rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
     return importance_weights(rows, importance, sigma2).reshape(-1, 32)
 
 
-def symmetric_weighted(rows: np.ndarray, importance: np.ndarray, nmax: int):
+def symmetric_weighted(rows: np.ndarray, importance: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Q4_0's and Q5_0's weighted encoder: make_qx_quants(32, nmax, xb, L, 1, weight) on every block.
     Returns d (k,) and levels (k, 32) in 0..2·nmax-1 (0 for an all-zero block)."""
     x = np.ascontiguousarray(rows.reshape(-1, 32).T)
@@ -68,7 +68,7 @@ def symmetric_weighted(rows: np.ndarray, importance: np.ndarray, nmax: int):
     return d, levels.T.astype(np.uint8)
 
 
-def with_min_weighted(rows: np.ndarray, importance: np.ndarray, nmax: int):
+def with_min_weighted(rows: np.ndarray, importance: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Q4_1's and Q5_1's weighted encoder: make_qkx3_quants(32, nmax, xb, weight, ...) on every block.
     Returns d (k,), m (k,) (the block's min, <= 0) and levels (k, 32) in 0..nmax."""
     scale, the_min, levels = make_qkx3_quants(rows.reshape(-1, 32), block_weights(rows, importance), nmax)
@@ -89,7 +89,7 @@ class Q4_0(QuantFormat):
     qtype = T.Q4_0
     block_dtype = struct(f16("d"), u8("qs", 16))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         y = np.empty(32, dtype=np.float32)
         for j in range(16):
@@ -97,20 +97,18 @@ class Q4_0(QuantFormat):
             y[j + 16] = np.float32((int(block["qs"][j]) >> 4) - 8) * d
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
-        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        q = nibbles(self.field(blocks, "qs")).reshape(-1, 1, 32)
         q -= np.uint8(8)  # wraps: read as int8
         d = blocks["d"].astype(np.float32)[:, None]
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), d)
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        q = nibbles(self.field(blocks, "qs")).view(-1, 32).view(torch.int8) - 8
+        d = self.field(blocks, "d").float()
+        return scale_levels(self.weights_for(blocks, out), q, d)
 
-        q = torch_nibbles(self.torch_field(blocks, "qs")).view(torch.int8) - 8
-        d = self.torch_field(blocks, "d").float()
-        return scale_levels(self.torch_weights_for(blocks, out), q, d)
-
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         signed_max = signed_absmax(x, axis=1)
         d = signed_max / np.float32(-8)
         q = np.minimum(15, truncate(x * inverse(d)[:, None] + np.float32(8.5)))
@@ -119,7 +117,7 @@ class Q4_0(QuantFormat):
         out["qs"] = join_nibbles(q.astype(np.uint8))
         return out
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_row_q4_0_impl: the scale of least weighted squared error (make_qx_quants), not max/-8."""
         d, q = symmetric_weighted(rows, importance, nmax=8)
         out = np.empty(len(d), self.block_dtype)
@@ -142,7 +140,7 @@ class Q4_1(QuantFormat):
     qtype = T.Q4_1
     block_dtype = struct(f16("d"), f16("m"), u8("qs", 16))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d, m = np.float32(block["d"]), np.float32(block["m"])
         y = np.empty(32, dtype=np.float32)
         for j in range(16):
@@ -150,8 +148,8 @@ class Q4_1(QuantFormat):
             y[j + 16] = np.float32(int(block["qs"][j]) >> 4) * d + m
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
-        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        q = nibbles(self.field(blocks, "qs")).reshape(-1, 1, 32)
         return scale_levels(
             self.weights_for(blocks, out),
             q,
@@ -159,12 +157,12 @@ class Q4_1(QuantFormat):
             plus=blocks["m"].astype(np.float32)[:, None],
         )
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        q = torch_nibbles(self.torch_field(blocks, "qs"))
-        d, m = self.torch_field(blocks, "d").float(), self.torch_field(blocks, "m").float()
-        return scale_levels(self.torch_weights_for(blocks, out), q, d, plus=m)
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        q = nibbles(self.field(blocks, "qs")).view(-1, 32)
+        d, m = self.field(blocks, "d").float(), self.field(blocks, "m").float()
+        return scale_levels(self.weights_for(blocks, out), q, d, plus=m)
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         lo, hi = x.min(axis=1), x.max(axis=1)
         d = (hi - lo) / np.float32(15)
         q = np.minimum(15, truncate((x - lo[:, None]) * inverse(d)[:, None] + np.float32(0.5)))
@@ -173,7 +171,7 @@ class Q4_1(QuantFormat):
         out["qs"] = join_nibbles(q.astype(np.uint8))
         return out
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_row_q4_1_impl: scale and min of least weighted squared error (make_qkx3_quants)."""
         d, m, q = with_min_weighted(rows, importance, nmax=15)
         out = np.empty(len(d), self.block_dtype)
@@ -196,7 +194,7 @@ class Q5_0(QuantFormat):
     qtype = T.Q5_0
     block_dtype = struct(f16("d"), u8("qh", 4), u8("qs", 16))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         qh = int.from_bytes(block["qh"].tobytes(), "little")
         y = np.empty(32, dtype=np.float32)
@@ -207,22 +205,18 @@ class Q5_0(QuantFormat):
             y[j + 16] = np.float32(((int(block["qs"][j]) >> 4) | high_1) - 16) * d
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
-        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
-        q |= fifth_bits(self.field_bytes(blocks, "qh")).reshape(q.shape)
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        q = nibbles(self.field(blocks, "qs")).reshape(-1, 1, 32)
+        q |= fifth_bits(self.field(blocks, "qh")).reshape(q.shape)
         q -= np.uint8(16)  # wraps: read as int8
         d = blocks["d"].astype(np.float32)[:, None]
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), d)
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        q = nibbles(self.field(blocks, "qs")).view(-1, 32) | fifth_bits(self.field(blocks, "qh"))
+        return scale_levels(self.weights_for(blocks, out), q.view(torch.int8) - 16, self.field(blocks, "d").float())
 
-        q = torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
-        return scale_levels(
-            self.torch_weights_for(blocks, out), q.view(torch.int8) - 16, self.torch_field(blocks, "d").float()
-        )
-
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         d = signed_absmax(x, axis=1) / np.float32(-16)
         q = np.minimum(31, truncate(x * inverse(d)[:, None] + np.float32(16.5))).astype(np.uint8)
         out = np.empty(len(x), self.block_dtype)
@@ -231,7 +225,7 @@ class Q5_0(QuantFormat):
         out["qs"] = join_nibbles(q & 0x0F)
         return out
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_row_q5_0_impl: the scale of least weighted squared error (make_qx_quants)."""
         d, q = symmetric_weighted(rows, importance, nmax=16)
         out = np.empty(len(d), self.block_dtype)
@@ -256,7 +250,7 @@ class Q5_1(QuantFormat):
     qtype = T.Q5_1
     block_dtype = struct(f16("d"), f16("m"), u8("qh", 4), u8("qs", 16))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d, m = np.float32(block["d"]), np.float32(block["m"])
         qh = int.from_bytes(block["qh"].tobytes(), "little")
         y = np.empty(32, dtype=np.float32)
@@ -267,9 +261,9 @@ class Q5_1(QuantFormat):
             y[j + 16] = np.float32((int(block["qs"][j]) >> 4) | high_1) * d + m
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
-        q = split_nibbles(self.field_bytes(blocks, "qs")).reshape(-1, 1, 32)
-        q |= fifth_bits(self.field_bytes(blocks, "qh")).reshape(q.shape)
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        q = nibbles(self.field(blocks, "qs")).reshape(-1, 1, 32)
+        q |= fifth_bits(self.field(blocks, "qh")).reshape(q.shape)
         return scale_levels(
             self.weights_for(blocks, out),
             q,
@@ -277,12 +271,12 @@ class Q5_1(QuantFormat):
             plus=blocks["m"].astype(np.float32)[:, None],
         )
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        q = torch_nibbles(self.torch_field(blocks, "qs")) | _torch_fifth_bits(self.torch_field(blocks, "qh"))
-        d, m = self.torch_field(blocks, "d").float(), self.torch_field(blocks, "m").float()
-        return scale_levels(self.torch_weights_for(blocks, out), q, d, plus=m)
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        q = nibbles(self.field(blocks, "qs")).view(-1, 32) | fifth_bits(self.field(blocks, "qh"))
+        d, m = self.field(blocks, "d").float(), self.field(blocks, "m").float()
+        return scale_levels(self.weights_for(blocks, out), q, d, plus=m)
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         lo, hi = x.min(axis=1), x.max(axis=1)
         d = (hi - lo) / np.float32(31)
         q = truncate((x - lo[:, None]) * inverse(d)[:, None] + np.float32(0.5)).astype(np.uint8)
@@ -292,7 +286,7 @@ class Q5_1(QuantFormat):
         out["qs"] = join_nibbles(q & 0x0F)
         return out
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_row_q5_1_impl: scale and min of least weighted squared error (make_qkx3_quants)."""
         d, m, q = with_min_weighted(rows, importance, nmax=31)
         out = np.empty(len(d), self.block_dtype)
@@ -315,20 +309,18 @@ class Q8_0(QuantFormat):
     qtype = T.Q8_0
     block_dtype = struct(f16("d"), i8("qs", 32))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         return np.array([np.float32(q) * d for q in block["qs"]], dtype=np.float32)
 
-    def dequantize_blocks(self, blocks, out=None):
-        q = self.field_bytes(blocks, "qs").view(np.int8).reshape(-1, 1, 32)
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        q = self.field(blocks, "qs").view(np.int8).reshape(-1, 1, 32)
         return scale_levels(self.weights_for(blocks, out), q, blocks["d"].astype(np.float32)[:, None])
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        return scale_levels(
-            self.torch_weights_for(blocks, out), self.torch_field(blocks, "qs"), self.torch_field(blocks, "d").float()
-        )
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return scale_levels(self.weights_for(blocks, out), self.field(blocks, "qs"), self.field(blocks, "d").float())
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         d = np.abs(x).max(axis=1) / np.float32(127)
         out = np.empty(len(x), self.block_dtype)
         out["d"] = d

@@ -11,11 +11,13 @@ times a power of two.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, struct, u8
 from .bits import join_nibbles
-from .iq4 import decode_nibble_pairs, torch_decode_nibble_pairs
+from .codebook import decode_nibble_pairs, nibble_pair_table
+from .format import QuantFormat
+from .layout import struct, u8
 
 #: The E2M1 values doubled, indexed by the 4-bit code (bit 3 is the sign): ggml-common.h's kvalues_mxfp4.
 KVALUES_MXFP4 = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.int8)
@@ -34,9 +36,7 @@ def e8m0_to_fp32_half(e: np.ndarray) -> np.ndarray:
 
 #: The half scale of every exponent byte, and the values (low nibble, high nibble) of every qs byte.
 _SCALE_OF_E = e8m0_to_fp32_half(np.arange(256))
-_NIBBLE_VALUES = np.stack([KVALUES_MXFP4[np.arange(256) & 0x0F], KVALUES_MXFP4[np.arange(256) >> 4]], axis=1).astype(
-    np.float32
-)
+_NIBBLE_VALUES = nibble_pair_table(KVALUES_MXFP4)
 
 
 class MXFP4(QuantFormat):
@@ -54,7 +54,7 @@ class MXFP4(QuantFormat):
     qtype = T.MXFP4
     block_dtype = struct(u8("e"), u8("qs", 16))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = e8m0_to_fp32_half(block["e"])[()]
         qs = block["qs"]
         y = np.empty(32, dtype=np.float32)
@@ -63,20 +63,16 @@ class MXFP4(QuantFormat):
             y[j + 16] = np.float32(KVALUES_MXFP4[qs[j] >> 4]) * d
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         d = np.take(_SCALE_OF_E, blocks["e"])
-        qs = self.field_bytes(blocks, "qs")
+        qs = self.field(blocks, "qs")
         return decode_nibble_pairs(qs, d, _NIBBLE_VALUES, self.weights_for(blocks, out))
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        d = torch.from_numpy(_SCALE_OF_E).to(blocks.device)[self.field(blocks, "e").long()]
+        return decode_nibble_pairs(self.field(blocks, "qs"), d, _NIBBLE_VALUES, self.weights_for(blocks, out))
 
-        d = torch.from_numpy(_SCALE_OF_E).to(blocks.device)[self.torch_field(blocks, "e").long()]
-        return torch_decode_nibble_pairs(
-            self.torch_field(blocks, "qs"), d, _NIBBLE_VALUES, self.torch_weights_for(blocks, out)
-        )
-
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         amax = np.fmax.reduce(np.abs(x), axis=1)  # C's `if (amax < fabsf(v))` passes over NaNs
         with np.errstate(all="ignore"):
             exponent = np.floor(np.log2(amax)) - np.float32(2) + np.float32(127)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, scale_levels, struct, u8
-from .bits import bit_fields, torch_bit_fields
+from .bits import bit_fields
 from .cfloat import running_max
+from .format import QuantFormat
 from .ksearch import make_qkx2_quants, requantize_levels
+from .layout import f16, struct, u8
 from .rounding import nearest_int
+from .scaling import scale_levels
 from .weighted import k_quant_weights, make_qkx3_quants, make_qp_quants, sum_per_sub_block
 
 #: the four 2-bit fields of a byte, lowest first
@@ -32,9 +35,10 @@ class Q2_K(QuantFormat):
     """
 
     qtype = T.Q2_K
+    sub_block_size = 16
     block_dtype = struct(u8("scales", 16), u8("qs", 64), f16("d"), f16("dmin"))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d, dmin = np.float32(block["d"]), np.float32(block["dmin"])
         y = np.empty(256, dtype=np.float32)
         sub = 0
@@ -49,23 +53,23 @@ class Q2_K(QuantFormat):
                     sub += 1
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        scales = self.field_bytes(blocks, "scales")
+        scales = self.field(blocks, "scales")
         dl = blocks["d"].astype(np.float32)[:, None] * (scales & 0xF)  # (n, 16)
         ml = blocks["dmin"].astype(np.float32)[:, None] * (scales >> 4)
-        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, j, l)
+        q = bit_fields(self.field(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, j, l)
         return scale_levels(self.weights_for(blocks, out), q.reshape(n, 16, 16), dl, minus=ml)
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        scales = self.torch_field(blocks, "scales")
-        dl = self.torch_field(blocks, "d").float()[:, None] * (scales & 0xF)  # (n, 16)
-        ml = self.torch_field(blocks, "dmin").float()[:, None] * (scales >> 4)
-        qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
-        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)  # (n, h, j, l)
-        return scale_levels(self.torch_weights_for(blocks, out), q.reshape(-1, 16, 16), dl, minus=ml)
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        scales = self.field(blocks, "scales")
+        dl = self.field(blocks, "d").float()[:, None] * (scales & 0xF)  # (n, 16)
+        ml = self.field(blocks, "dmin").float()[:, None] * (scales >> 4)
+        qs = self.field(blocks, "qs").unflatten(1, (2, 32))
+        q = bit_fields(qs, [0, 2, 4, 6], 3)  # (n, h, j, l)
+        return scale_levels(self.weights_for(blocks, out), q.reshape(-1, 16, 16), dl, minus=ml)
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         f32 = np.float32
         sub = x.reshape(-1, 16)  # (n·16, 16): one sub-block a row
         scales, mins, levels = make_qkx2_quants(sub, np.abs(sub), 3, -0.5, 0.1, 15, use_mad=True)
@@ -78,7 +82,7 @@ class Q2_K(QuantFormat):
         dmin = np.where(max_min > 0, max_min / f32(15), f32(0)).astype(np.float16)
         return self._store(x, (ls | (lm << 4)).astype(np.uint8), d, dmin, levels)
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_row_q2_K_impl: each sub-block's scale and min by make_qkx3_quants, weighted by
         qw·sqrt(sigma2 + x²) (sigma2 = sumx2/256 of the super-block); then the 16 scales and the 16 mins
         by make_qp_quants (4 bits), each sub-block weighted by the sum of its weights."""

@@ -7,14 +7,18 @@ of sixteen 6-bit scales into 12 bytes (``pack_scales`` / ``unpack_scales``).
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QK_K, QUANTIZE_CHUNK_BLOCKS, QuantFormat, f16, scale_levels, struct, u8
-from .bits import bit_fields, torch_bit_fields
+from .arrays import Array, is_torch
+from .bits import bit_fields
 from .cfloat import GROUP_MAX_EPS, sequential_sum, signed_absmax
-from .ksearch import requantize_levels, search_sub_blocks
-from .q6_k import make_qx_quants
+from .format import QuantFormat
+from .ksearch import make_qx_quants, requantize_levels, search_sub_blocks
+from .layout import QK_K, f16, struct, u8
 from .rounding import nearest_int
+from .scaling import scale_levels
+from .tuning import QUANTIZE_CHUNK_BLOCKS
 from .weighted import k_quant_weights, sum_per_sub_block
 
 
@@ -27,7 +31,7 @@ def scale_value(scales: np.ndarray, s: int) -> int:
     return (low | (high << 4)) - 32
 
 
-def unpack_scale_words(aux0, aux1, tmp):
+def unpack_scale_words(aux0: Array, aux1: Array, tmp: Array) -> tuple[Array, Array, Array, Array]:
     """C's kmask dance in dequantize_row_q3_K, four scales at a time: the 12 packed bytes as three
     little-endian 32-bit words (bytes 0-3, 4-7, 8-11) -> four words holding the stored scales 0-3,
     4-7, 8-11, 12-15, one per byte, each ``low nibble | crumb << 4`` as scale_value reads it.
@@ -44,13 +48,17 @@ def unpack_scale_words(aux0, aux1, tmp):
     )
 
 
-def unpack_scales(scales: np.ndarray) -> np.ndarray:
+def unpack_scales(scales: Array) -> Array:
     """(n, 12) packed bytes -> (n, 16) stored scales in 0..63, i.e. scale_value(s) + 32 for every s.
 
     Why the kmask words equal the index formula for all 2^96 inputs: both only select and move bits
     (shifts, masks, ORs of disjoint fields; no carries, no constants), so both are linear over GF(2),
     and two linear maps that agree on the 96 one-bit inputs agree everywhere.
     """
+    if is_torch(scales):
+        # copied: view(int32) needs a 4-byte boundary, which a lone 110-byte block may not give
+        words = scales.clone(memory_format=torch.contiguous_format).view(torch.int32)  # (n, 3)
+        return torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.uint8)
     words = np.ascontiguousarray(scales).view("<u4")  # (n, 3)
     return np.stack(unpack_scale_words(*words.T), axis=1).view(np.uint8)
 
@@ -137,9 +145,10 @@ class Q3_K(QuantFormat):
     """
 
     qtype = T.Q3_K
+    sub_block_size = 16
     block_dtype = struct(u8("hmask", QK_K // 8), u8("qs", QK_K // 4), u8("scales", 12), f16("d"))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d_all = np.float32(block["d"])
         y = np.empty(QK_K, dtype=np.float32)
         l = np.arange(16)
@@ -160,32 +169,27 @@ class Q3_K(QuantFormat):
                 m <<= 1
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        low2 = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, j, l)
+        low2 = bit_fields(self.field(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, j, l)
         q = low2.reshape(n, 16, 16)
-        q |= bit_fields(self.field_bytes(blocks, "hmask"), range(8), 1, place=2).reshape(n, 16, 16)  # 4h + j
+        q |= bit_fields(self.field(blocks, "hmask"), range(8), 1, place=2).reshape(n, 16, 16)  # 4h + j
         q -= np.uint8(4)  # low2 - (high ? 0 : 4), wrapping: read as int8
-        sc = unpack_scales(self.field_bytes(blocks, "scales")) - np.uint8(32)
+        sc = unpack_scales(self.field(blocks, "scales")) - np.uint8(32)
         dl = blocks["d"].astype(np.float32)[:, None] * sc.view(np.int8)  # (n, 16)
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), dl)
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = len(blocks)
-        qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
-        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)  # (n, h, j, l)
-        q |= torch_bit_fields(self.torch_field(blocks, "hmask"), range(8), 1, place=2).view(q.shape)  # 4h + j
+        qs = self.field(blocks, "qs").unflatten(1, (2, 32))
+        q = bit_fields(qs, [0, 2, 4, 6], 3)  # (n, h, j, l)
+        q |= bit_fields(self.field(blocks, "hmask"), range(8), 1, place=2).view(q.shape)  # 4h + j
         q -= 4  # low2 - (high ? 0 : 4), wrapping: read as int8
-        # copied: view(int32) needs a 4-byte boundary, which a lone 110-byte block may not give
-        packed = self.torch_field(blocks, "scales").clone(memory_format=torch.contiguous_format)
-        words = packed.view(torch.int32)  # (n, 3)
-        sc = torch.stack(unpack_scale_words(*words.T), dim=1).view(torch.int8) - 32
-        dl = self.torch_field(blocks, "d").float()[:, None] * sc
-        return scale_levels(self.torch_weights_for(blocks, out), q.view(torch.int8).view(n, 16, 16), dl)
+        sc = unpack_scales(self.field(blocks, "scales")).view(torch.int8) - 32
+        dl = self.field(blocks, "d").float()[:, None] * sc
+        return scale_levels(self.weights_for(blocks, out), q.view(torch.int8).view(n, 16, 16), dl)
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         return self.quantize_in_chunks(x, self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS)
 
     def _quantize_chunk(self, x):
@@ -201,7 +205,7 @@ class Q3_K(QuantFormat):
         d = np.where(has_scale, np.float32(1) / iscale, np.float32(0)).astype(np.float16)
         return self._store(x, packed, d, L)
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_row_q3_K_impl: each sub-block by make_qx_quants weighted by qw·sqrt(sigma2 + x²)
         (sigma2 = 2·sumx2/256 of the super-block), not make_q3_quants; then the 16 scales themselves
         by make_qx_quants (6 bits), each weighted by the sum of its sub-block's weights."""

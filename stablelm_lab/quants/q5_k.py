@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, struct, u8
-from .bits import bit_fields, split_nibbles, torch_bit_fields
-from .ksearch import sub_block_scale_min
-from .q4_k import (
-    decode_with_mins,
-    join_chunk_nibbles,
-    quantize_k4,
-    quantize_k4_weighted,
-    torch_chunk_nibbles,
-    torch_decode_with_mins,
-)
+from .bits import bit_fields, join_nibbles, nibbles
+from .format import QuantFormat
+from .layout import f16, struct, u8
+from .scales_mins import decode_with_mins, quantize_k4, quantize_k4_weighted, sub_block_scale_min
 
 #: bit s of qh[l] is the fifth bit of weight l of sub-block s
 SUB_BLOCK_BITS = np.arange(8, dtype=np.uint8).reshape(1, 8, 1)
@@ -36,9 +30,10 @@ class Q5_K(QuantFormat):
     """
 
     qtype = T.Q5_K
+    sub_block_size = 32
     block_dtype = struct(f16("d"), f16("dmin"), u8("scales", 12), u8("qh", 32), u8("qs", 128))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         qh = block["qh"]
         y = np.empty(256, dtype=np.float32)
         u1, u2 = 1, 2
@@ -51,27 +46,27 @@ class Q5_K(QuantFormat):
             u1, u2 = u1 << 2, u2 << 2
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
-        q = split_nibbles(self.field_bytes(blocks, "qs"), run=32).reshape(-1, 8, 32)  # (n, s, l)
-        q |= bit_fields(self.field_bytes(blocks, "qh"), range(8), 1, place=4)  # (n, s, l)
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        q = nibbles(self.field(blocks, "qs"), run=32).reshape(-1, 8, 32)  # (n, s, l)
+        q |= bit_fields(self.field(blocks, "qh"), range(8), 1, place=4)  # (n, s, l)
         return decode_with_mins(self, blocks, q, out)
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        q = torch_chunk_nibbles(self.torch_field(blocks, "qs"))
-        q |= torch_bit_fields(self.torch_field(blocks, "qh"), range(8), 1, place=4)  # (n, s, l)
-        return torch_decode_with_mins(self, blocks, q, out)
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        q = nibbles(self.field(blocks, "qs"), run=32).view(-1, 8, 32)
+        q |= bit_fields(self.field(blocks, "qh"), range(8), 1, place=4)  # (n, s, l)
+        return decode_with_mins(self, blocks, q, out)
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         return self._pack(*quantize_k4(x, nmax=31, rmin=-0.5, nstep=15))
 
-    def quantize_rows_weighted(self, rows, importance):
-        """quantize_row_q5_K_impl with quant_weights (see q4_k.quantize_k4_weighted)."""
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
+        """quantize_row_q5_K_impl with quant_weights (see scales_mins.quantize_k4_weighted)."""
         importance = np.broadcast_to(importance, rows.shape).reshape(-1, 256)
         return self._pack(*quantize_k4_weighted(rows.reshape(-1, 256), importance, nmax=31, cap_at_63=True))
 
-    def _pack(self, d, dmin, scales, levels):
+    def _pack(self, d: np.ndarray, dmin: np.ndarray, scales: np.ndarray, levels: np.ndarray) -> np.ndarray:
         out = np.empty(len(d), self.block_dtype)
         out["d"], out["dmin"], out["scales"] = d, dmin, scales
         out["qh"] = ((levels >> 4) << SUB_BLOCK_BITS).sum(axis=1, dtype=np.uint8)
-        out["qs"] = join_chunk_nibbles(levels & 0xF)
+        out["qs"] = join_nibbles((levels & 0xF).reshape(len(d), 256), run=32)
         return out

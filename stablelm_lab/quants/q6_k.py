@@ -1,61 +1,19 @@
-"""Q6_K: 256 weights in 210 bytes (6.5625 bits per weight), 16 sub-blocks of 16 with int8 scales.
-
-Also home of ``make_qx_quants``, the symmetric scale search Q6_K's reference quantizer runs on every
-sub-block.
-"""
+"""Q6_K: 256 weights in 210 bytes (6.5625 bits per weight), 16 sub-blocks of 16 with int8 scales."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QK_K, QUANTIZE_CHUNK_BLOCKS, QuantFormat, f16, i8, scale_levels, struct, u8
-from .bits import bit_fields, torch_bit_fields
-from .cfloat import GROUP_MAX_EPS, sequential_sum, signed_absmax
-from .ksearch import requantize_levels, search_sub_blocks
+from .bits import bit_fields
+from .cfloat import GROUP_MAX_EPS, signed_absmax
+from .format import QuantFormat
+from .ksearch import make_qx_quants, requantize_levels, search_sub_blocks
+from .layout import QK_K, f16, i8, struct, u8
 from .rounding import nearest_int
-
-
-# ---- the scale search ---------------------------------------------------------------------------
-def make_qx_quants(x: np.ndarray, nmax: int, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """ggml's ``make_qx_quants(n, nmax, x, L, rmse_type=1, qw)`` for many groups at once.
-
-    x: float32 (n, groups), element i of every group in row i (so ``x[i]`` reads as in the C);
-    weights: qw in the same layout, or None for C's qw = NULL, which weighs each element by x².
-    Returns (scale (groups,), L (n, groups) in 0..2·nmax-1) with x ≈ scale · (L - nmax).
-
-    The search: start from iscale = -nmax/max (max = the signed value of largest magnitude), then try
-    the 18 scales -(nmax + 0.1·is)/max for is = -9..9, is != 0, keeping a candidate when it lowers the
-    error weighted by w (x², or qw) -- i.e. raises sumlx²/suml2, where sumlx = Σ w·x·l and suml2 = Σ w·l².
-    """
-    max_value = signed_absmax(x, axis=0)
-    all_zero = np.abs(max_value) < GROUP_MAX_EPS
-    w = x * x if weights is None else weights
-    wx = w * x
-
-    def quants(iscale):
-        return np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
-
-    def sums(l):
-        lf = l.astype(np.float32)
-        return sequential_sum(wx * lf), sequential_sum(w * lf * lf)
-
-    l = quants(np.float32(-nmax) / max_value)
-    sumlx, suml2 = sums(l)
-    scale = np.where(suml2 != 0, sumlx / suml2, np.float32(0))  # C: suml2 ? ... (NaN is true)
-    best = scale * sumlx
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = -(np.float32(nmax) + np.float32(0.1) * np.float32(step)) / max_value
-        trial = quants(iscale)
-        sumlx, suml2 = sums(trial)
-        better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        l = np.where(better, trial, l)
-        scale = np.where(better, sumlx / suml2, scale)
-        best = np.where(better, scale * sumlx, best)
-    scale = np.where(all_zero, np.float32(0), scale)
-    return scale, np.where(all_zero, 0, l + nmax)
+from .scaling import scale_levels
+from .tuning import QUANTIZE_CHUNK_BLOCKS
 
 
 class Q6_K(QuantFormat):
@@ -78,9 +36,10 @@ class Q6_K(QuantFormat):
     """
 
     qtype = T.Q6_K
+    sub_block_size = 16
     block_dtype = struct(u8("ql", QK_K // 2), u8("qh", QK_K // 4), i8("scales", QK_K // 16), f16("d"))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         y = np.empty(QK_K, dtype=np.float32)
         l = np.arange(32)
@@ -99,35 +58,33 @@ class Q6_K(QuantFormat):
             y[n + l + 96] = d * sc[is_ + 6] * q4.astype(np.float32)
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        ql = self.field_bytes(blocks, "ql").reshape(2 * n, 64)
+        ql = self.field(blocks, "ql").reshape(2 * n, 64)
         low4 = bit_fields(ql, [0, 4], 0x0F)  # (2n, k>>1, 32·(k&1) + l)
         q = low4.reshape(n, 16, 16)
-        q |= bit_fields(self.field_bytes(blocks, "qh").reshape(2 * n, 32), [0, 2, 4, 6], 3, place=4).reshape(
+        q |= bit_fields(self.field(blocks, "qh").reshape(2 * n, 32), [0, 2, 4, 6], 3, place=4).reshape(
             n, 16, 16
         )  # (2n, k, l)
         q -= np.uint8(32)  # wraps: read as int8
-        dl = blocks["d"].astype(np.float32)[:, None] * self.field_bytes(blocks, "scales").view(np.int8)
+        dl = blocks["d"].astype(np.float32)[:, None] * self.field(blocks, "scales").view(np.int8)
         return scale_levels(self.weights_for(blocks, out), q.view(np.int8), dl)
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         n = len(blocks)
-        ql = self.torch_field(blocks, "ql").unflatten(1, (2, 64))
-        qh = self.torch_field(blocks, "qh").unflatten(1, (2, 32))
-        q = torch_bit_fields(ql, [0, 4], 0x0F)  # (n, h, k>>1, 32·(k&1) + l)
-        q |= torch_bit_fields(qh, [0, 2, 4, 6], 3, place=4).view(q.shape)  # (n, h, k, l)
+        ql = self.field(blocks, "ql").unflatten(1, (2, 64))
+        qh = self.field(blocks, "qh").unflatten(1, (2, 32))
+        q = bit_fields(ql, [0, 4], 0x0F)  # (n, h, k>>1, 32·(k&1) + l)
+        q |= bit_fields(qh, [0, 2, 4, 6], 3, place=4).view(q.shape)  # (n, h, k, l)
         q -= 32  # wraps: read as int8
         q = q.view(torch.int8).view(n, 16, 16)
-        dl = self.torch_field(blocks, "d").float()[:, None] * self.torch_field(blocks, "scales")
-        return scale_levels(self.torch_weights_for(blocks, out), q, dl)
+        dl = self.field(blocks, "d").float()[:, None] * self.field(blocks, "scales")
+        return scale_levels(self.weights_for(blocks, out), q, dl)
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         return self.quantize_in_chunks(x, self._quantize_chunk, QUANTIZE_CHUNK_BLOCKS)
 
-    def quantize_rows_weighted(self, rows, importance):
+    def quantize_rows_weighted(self, rows: np.ndarray, importance: np.ndarray) -> np.ndarray:
         """quantize_row_q6_K_impl: make_qx_quants weighs each weight by its column's importance alone
         (ggml left the sqrt(sigma2 + x²) factor of the other K-quants commented out here)."""
         weights = np.broadcast_to(importance, rows.shape).reshape(-1, QK_K)

@@ -15,17 +15,20 @@ and the trit that crosses the binary point is (byte·3) >> 8. So trit n of a byt
 from __future__ import annotations
 
 import numpy as np
+import torch
 from gguf import GGMLQuantizationType as T
 
-from .base import QuantFormat, f16, scale_levels, struct, u8
-from .bits import bit_fields, byte_runs, torch_bit_fields
+from .bits import bit_fields, byte_runs
 from .cfloat import inverse
+from .format import QuantFormat
+from .layout import f16, struct, u8
 from .rounding import round_away_from_zero
+from .scaling import scale_levels
 
 _POW3 = [1, 3, 9, 27, 81, 243]
 
 
-def trit(byte, n: int):
+def trit(byte: int | np.ndarray, n: int) -> int | np.ndarray:
     """Trit n (0 = most significant) of a TQ1_0 byte: the multiply-by-3 trick, in uint8 as C does it."""
     shifted = (byte * _POW3[n]) & 0xFF  # C: uint8_t q = byte * pow3[n]
     return (shifted * 3) >> 8
@@ -86,7 +89,7 @@ class TQ1_0(QuantFormat):
     # (first byte, bytes in the group, trits per byte). Group by group, trit by trit, byte by byte.
     _GROUPS = [(0, 32, 5), (32, 16, 5), (48, 4, 4)]
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         packed = np.concatenate([block["qs"], block["qh"]])
         y = []
@@ -97,7 +100,7 @@ class TQ1_0(QuantFormat):
                     y.append(np.float32(xi - 1) * d)
         return np.array(y, dtype=np.float32)
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
         packed = self.byte_range(blocks, 0, 52)  # qs and qh
         planes = np.stack([trit_plane(packed, t) for t in range(5)])  # (trit, n, 52)
@@ -112,11 +115,9 @@ class TQ1_0(QuantFormat):
             self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256), blocks["d"].astype(np.float32)[:, None]
         )
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         table = torch.from_numpy(_TRITS_OF_BYTE).view(torch.int64).reshape(256).to(blocks.device)
-        index = blocks[:, :52].reshape(-1).int()  # qs and qh
+        index = self.byte_range(blocks, 0, 52).reshape(-1).int()  # qs and qh
         trits = torch.index_select(table, 0, index).view(torch.uint8).view(-1, 52, 8)  # (n, byte, trit)
         q = torch.cat(
             [
@@ -126,11 +127,9 @@ class TQ1_0(QuantFormat):
             dim=1,
         )
         q -= 1  # t - 1, wrapping: read as int8
-        return scale_levels(
-            self.torch_weights_for(blocks, out), q.view(torch.int8), self.torch_field(blocks, "d").float()
-        )
+        return scale_levels(self.weights_for(blocks, out), q.view(torch.int8), self.field(blocks, "d").float())
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         n = len(x)
         d, trits = _ternary_scale(x)
         out = np.empty(n, self.block_dtype)
@@ -155,7 +154,7 @@ class TQ2_0(QuantFormat):
     qtype = T.TQ2_0
     block_dtype = struct(u8("qs", 64), f16("d"))
 
-    def dequantize_block(self, block):
+    def dequantize_block(self, block: np.void) -> np.ndarray:
         d = np.float32(block["d"])
         y = np.empty(256, dtype=np.float32)
         i = 0
@@ -167,25 +166,23 @@ class TQ2_0(QuantFormat):
                     i += 1
         return y
 
-    def dequantize_blocks(self, blocks, out=None):
+    def dequantize_blocks(self, blocks: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         n = len(blocks)
-        q = bit_fields(self.field_bytes(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, l, m)
+        q = bit_fields(self.field(blocks, "qs").reshape(2 * n, 32), [0, 2, 4, 6], 3)  # (2n, l, m)
         q -= np.uint8(1)  # wrapping: read as int8
         return scale_levels(
             self.weights_for(blocks, out), q.view(np.int8).reshape(n, 1, 256), blocks["d"].astype(np.float32)[:, None]
         )
 
-    def dequantize_blocks_torch(self, blocks, out=None):
-        import torch
-
-        qs = self.torch_field(blocks, "qs").unflatten(1, (2, 32))
-        q = torch_bit_fields(qs, [0, 2, 4, 6], 3)  # (n, c, l, m)
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        qs = self.field(blocks, "qs").unflatten(1, (2, 32))
+        q = bit_fields(qs, [0, 2, 4, 6], 3)  # (n, c, l, m)
         q -= 1  # wrapping: read as int8
         return scale_levels(
-            self.torch_weights_for(blocks, out), q.view(torch.int8).view(-1, 256), self.torch_field(blocks, "d").float()
+            self.weights_for(blocks, out), q.view(torch.int8).view(-1, 256), self.field(blocks, "d").float()
         )
 
-    def quantize_blocks(self, x):
+    def quantize_blocks(self, x: np.ndarray) -> np.ndarray:
         d, trits = _ternary_scale(x)
         trits = trits.reshape(-1, 2, 4, 32)  # (n, c, l, m)
         qs = np.zeros((len(x), 2, 32), dtype=np.uint8)

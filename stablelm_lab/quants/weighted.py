@@ -28,10 +28,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import check_importance
 from .cfloat import GROUP_MAX_EPS, sequential_sum
-from .ksearch import make_qkx2_quants
-from .q6_k import make_qx_quants
+from .format import check_importance
+from .ksearch import make_qkx2_quants, make_qx_quants
 from .rounding import nearest_int
 
 __all__ = [

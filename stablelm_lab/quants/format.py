@@ -1,7 +1,8 @@
-"""What every ggml block format shares: turning rows of bytes into blocks and back.
+"""The format interface: what every ggml block format shares, turning rows of bytes into blocks and back.
 
-A format only writes its block logic. This base class checks shapes, views the bytes as blocks of the
-format's structured dtype, and offers the four public operations:
+A format only writes its block logic and its facts (``qtype``, ``block_dtype``, ``sub_block_size``). This
+base class checks shapes, views the bytes as blocks of the format's structured dtype, and offers the
+public operations:
 
     fmt.dequantize_reference(raw)   readable: one block at a time, the way ggml's C reference reads
     fmt.dequantize(raw)             vectorized numpy over all blocks at once
@@ -11,40 +12,28 @@ format's structured dtype, and offers the four public operations:
 
 Shapes follow gguf-py: uint8 ``[..., n_blocks * type_size]`` <-> float32 ``[..., n_blocks * block_size]``.
 
-The vectorized decoders run a step of blocks at a time (temporaries that fit a core's cache) and write
-each step straight into its slice of the output; numpy's steps are split over THREADS threads. Every
-one of them gives the same float32 bits as ggml's C, inf and NaN included (tests/test_quants.py).
+The vectorized decoders run a step of blocks at a time (tuning.py: temporaries that fit a core's cache)
+and write each step straight into its slice of the output; numpy's steps are split over threads
+(threads.py). Every one of them gives the same float32 bits as ggml's C, inf and NaN included
+(tests/test_quants.py).
 """
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 
 import numpy as np
+import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from . import threads, tuning
+from .arrays import Array, is_torch
 from .bits import byte_runs
 
-#: Weights in a K-quant (and IQ4_XS, TQ*) super-block: ggml's QK_K.
-QK_K = 256
+#: Raw bytes of a tensor as the public operations take them.
+RawBytes = np.ndarray | bytes | bytearray | memoryview
 
-#: Blocks per step of the quantizers whose per-sub-block searches make (16, 16 · this) temporaries.
-QUANTIZE_CHUNK_BLOCKS = 1024
-
-#: Weights decoded per step of the vectorized numpy kernels on one thread: a step's temporaries stay in
-#: a core's L2 cache (measured fastest).
-CHUNK_WEIGHTS = 1 << 17
-#: The same when the numpy decoder runs on several threads: fewer, larger steps, as the Python between
-#: numpy's loops holds the GIL (measured on two threads: up to 30% faster than 128K).
-CHUNK_WEIGHTS_THREADED = 1 << 19
-#: The same for torch on the CPU, whose calls cost more overhead: 2M weights decoded 10-20% faster than 1M
-#: on every format (best of 3 interleaved rounds, 2560x6912, into an existing tensor); 4M was mixed. On a
-#: GPU: one step.
-CHUNK_WEIGHTS_TORCH_CPU = 1 << 21
-#: Threads the numpy decoder splits a tensor over (numpy lets go of the GIL inside its loops): the
-#: cores this process may run on, as torch's default. Set it to 1 for a single thread.
-THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+_TORCH_DTYPES = {"<f2": torch.float16, "<f4": torch.float32, "<i2": torch.int16, "<u2": torch.uint16}
 
 
 class QuantFormat:
@@ -52,9 +41,14 @@ class QuantFormat:
 
     qtype: GGMLQuantizationType
     block_dtype: np.dtype
+    #: Weights that share one scale (and min) inside a block: the unit the error plots group by. A format
+    #: whose block has one scale leaves it unset: the whole block.
+    sub_block_size: int
 
     def __init__(self) -> None:
         self.block_size, self.type_size = GGML_QUANT_SIZES[self.qtype]
+        if not hasattr(self, "sub_block_size"):
+            self.sub_block_size = self.block_size
         if self.block_dtype.itemsize != self.type_size:
             raise AssertionError(
                 f"{self.name}: block_dtype is {self.block_dtype.itemsize} bytes, ggml says {self.type_size}"
@@ -84,7 +78,7 @@ class QuantFormat:
         written into ``out`` when given."""
         raise NotImplementedError
 
-    def dequantize_blocks_torch(self, blocks, out=None):
+    def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Vectorized torch decode: uint8 tensor (n, type_size) -> float32 tensor (n, block_size),
         written into ``out`` when given."""
         raise NotImplementedError
@@ -98,7 +92,7 @@ class QuantFormat:
         return type(self).quantize_blocks is not QuantFormat.quantize_blocks
 
     # ---- the public operations ---------------------------------------------------------------
-    def dequantize_reference(self, raw) -> np.ndarray:
+    def dequantize_reference(self, raw: RawBytes) -> np.ndarray:
         raw = self._check_raw(raw)
         blocks = self._as_blocks(raw)
         out = np.empty((len(blocks), self.block_size), dtype=np.float32)
@@ -107,26 +101,25 @@ class QuantFormat:
                 out[i] = self.dequantize_block(block)
         return out.reshape(self._weights_shape(raw.shape))
 
-    def dequantize(self, raw) -> np.ndarray:
+    def dequantize(self, raw: RawBytes) -> np.ndarray:
         raw = self._check_raw(raw)
         blocks = self._as_blocks(raw)
         out = np.empty((len(blocks), self.block_size), dtype=np.float32)
-        step = max(1, (CHUNK_WEIGHTS if THREADS == 1 else CHUNK_WEIGHTS_THREADED) // self.block_size)
+        chunk = tuning.CHUNK_WEIGHTS if threads.THREADS == 1 else tuning.CHUNK_WEIGHTS_THREADED
+        step = max(1, chunk // self.block_size)
 
         def decode(start: int, stop: int) -> None:
             with np.errstate(all="ignore"):  # inf/NaN scales decode to inf/NaN, as in ggml
                 for i in range(start, stop, step):
                     self.dequantize_blocks(blocks[i : min(i + step, stop)], out[i : min(i + step, stop)])
 
-        in_threads(decode, len(blocks), step)
+        threads.in_threads(decode, len(blocks), step)
         return out.reshape(self._weights_shape(raw.shape))
 
-    def dequantize_torch(self, raw, out=None):
+    def dequantize_torch(self, raw: RawBytes | torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """``raw`` decoded on its device; into ``out`` (a contiguous float32 tensor of the weights' shape,
         on that device) when given: a loader decodes straight into a model's parameter that way, and a
         decoder run again and again reuses one buffer instead of faulting in fresh pages each time."""
-        import torch
-
         if not isinstance(raw, torch.Tensor):
             raw = torch.from_numpy(np.ascontiguousarray(self._check_raw(raw)))
         if raw.dtype != torch.uint8:
@@ -136,21 +129,19 @@ class QuantFormat:
         blocks = raw.reshape(-1, self.type_size)
         if out is None and raw.device.type == "cpu":
             # numpy asks the kernel for huge pages for a large array, torch's CPU allocator does not:
-            # first-touch page faults of a fresh 4 KiB-paged output cost as much as the decode itself.
+            # first-touch page faults of a fresh 4 KiB-paged output would cost more than the decode.
             out = torch.from_numpy(np.empty(shape, dtype=np.float32))
         elif out is None:
             out = torch.empty(shape, device=raw.device)
         else:
             self._check_torch_out(out, shape, raw.device)
         weights = out.view(-1, self.block_size)
-        step = len(blocks) if raw.device.type != "cpu" else max(1, CHUNK_WEIGHTS_TORCH_CPU // self.block_size)
+        step = len(blocks) if raw.device.type != "cpu" else max(1, tuning.CHUNK_WEIGHTS_TORCH_CPU // self.block_size)
         for start in range(0, len(blocks), step):
             self.dequantize_blocks_torch(blocks[start : start + step], weights[start : start + step])
         return out
 
-    def _check_torch_out(self, out, shape: tuple, device) -> None:
-        import torch
-
+    def _check_torch_out(self, out: torch.Tensor, shape: tuple, device: torch.device) -> None:
         if tuple(out.shape) != shape or out.dtype != torch.float32 or out.device != device or not out.is_contiguous():
             raise ValueError(
                 f"{self.name}: out must be a contiguous float32 tensor of shape {shape} on "
@@ -166,7 +157,7 @@ class QuantFormat:
         others (Q8_0, TQ1_0, TQ2_0, MXFP4, the floats) ignore the importance, as ggml does."""
         return self.quantize_blocks(rows.reshape(-1, self.block_size))
 
-    def quantize(self, x, imatrix=None) -> np.ndarray:
+    def quantize(self, x: np.ndarray, imatrix: np.ndarray | None = None) -> np.ndarray:
         """float32 rows (..., n_per_row) -> bytes, as ggml's quantize_<type>(src, dst, nrows, n_per_row,
         imatrix) writes them (ggml_quantize_chunk, what llama-quantize calls).
 
@@ -190,7 +181,9 @@ class QuantFormat:
                 blocks = self.quantize_rows_weighted(x.reshape(-1, x.shape[-1]), imatrix)
         return blocks.view(np.uint8).reshape(*x.shape[:-1], x.shape[-1] // self.block_size * self.type_size)
 
-    def quantize_in_chunks(self, x: np.ndarray, encode, blocks_per_step: int, *aligned) -> np.ndarray:
+    def quantize_in_chunks(
+        self, x: np.ndarray, encode: Callable[..., np.ndarray], blocks_per_step: int, *aligned: np.ndarray
+    ) -> np.ndarray:
         """``encode`` (float32 (k, block_size) -> structured (k,)) over x, a step of blocks at a time,
         so that the temporaries of a quantizer's searches stay small. ``aligned``: arrays with one row
         per block of x (the weights of an importance matrix), cut into the same steps."""
@@ -201,7 +194,7 @@ class QuantFormat:
         return out
 
     # ---- shapes ------------------------------------------------------------------------------
-    def _check_raw(self, raw) -> np.ndarray:
+    def _check_raw(self, raw: RawBytes) -> np.ndarray:
         if isinstance(raw, (bytes, bytearray, memoryview)):
             raw = np.frombuffer(raw, dtype=np.uint8)
         raw = np.asarray(raw)
@@ -223,50 +216,50 @@ class QuantFormat:
         return (*byte_shape[:-1], byte_shape[-1] // self.type_size * self.block_size)
 
     # ---- helpers shared by the formats' kernels ----------------------------------------------
-    def weights_for(self, blocks, out):
-        """``out``, or a new float32 (n, block_size) array for the decoded weights of n blocks."""
-        return np.empty((len(blocks), self.block_size), dtype=np.float32) if out is None else out
+    def weights_for(self, blocks: Array, out: Array | None) -> Array:
+        """``out``, or a new float32 (n, block_size) array for the decoded weights of n blocks (a tensor on
+        the blocks' device for torch blocks)."""
+        if out is not None:
+            return out
+        if is_torch(blocks):
+            return torch.empty((blocks.shape[0], self.block_size), dtype=torch.float32, device=blocks.device)
+        return np.empty((len(blocks), self.block_size), dtype=np.float32)
 
-    def torch_weights_for(self, blocks, out):
-        """``out``, or a new float32 tensor (n, block_size) on the device of the blocks."""
-        import torch
+    def field(self, blocks: Array, name: str) -> Array:
+        """The values of one struct field of every block, typed as the struct declares them: (n,) for a
+        scalar, (n, k) for an array. numpy blocks (structured, (n,)) give a contiguous copy; torch blocks
+        (uint8, (n, type_size)) a typed view in place where the bytes allow it."""
+        sub, offset = self.block_dtype.fields[name][:2]
+        base, shape = sub.subdtype or (sub, ())
+        data = self.byte_range(blocks, offset, sub.itemsize)
+        if is_torch(blocks):
+            data = _typed_torch(data, base)
+        else:
+            data = data.view(base)
+        return data[:, 0] if not shape else data
 
-        if out is None:
-            out = torch.empty((blocks.shape[0], self.block_size), dtype=torch.float32, device=blocks.device)
-        return out
-
-    def field_bytes(self, blocks: np.ndarray, name: str) -> np.ndarray:
-        """The bytes of one struct field of every block, contiguous: uint8 (n, field size)."""
-        field, offset = self.block_dtype.fields[name][:2]
-        return self.byte_range(blocks, offset, field.itemsize)
-
-    def byte_range(self, blocks: np.ndarray, start: int, size: int) -> np.ndarray:
-        """Bytes start..start+size-1 of every block, contiguous: uint8 (n, size).
-
-        Each block's bytes are copied as one opaque item (see bits.byte_runs): one small memcpy per
-        block instead of numpy's loop over the bytes of every row.
-        """
+    def byte_range(self, blocks: Array, start: int, size: int) -> Array:
+        """Bytes start..start+size-1 of every block: uint8 (n, size). numpy: a contiguous copy, each
+        block's bytes copied as one opaque item (see bits.byte_runs), one small memcpy per block instead
+        of numpy's loop over the bytes of every row. torch: a view."""
+        if is_torch(blocks):
+            return blocks[:, start : start + size]
         rows = np.ascontiguousarray(blocks).view(np.uint8).reshape(len(blocks), self.type_size)
         return np.ascontiguousarray(byte_runs(rows, start, size)).view(np.uint8).reshape(len(blocks), size)
 
-    def torch_field(self, blocks, name: str):
-        """The bytes of one struct field in every block, typed: (n,) for a scalar, (n, k) for an array."""
-        import torch
 
-        sub, offset = self.block_dtype.fields[name][:2]
-        base, shape = sub.subdtype or (sub, ())
-        count = int(np.prod(shape)) if shape else 1
-        data = blocks[:, offset : offset + count * base.itemsize]
-        if base.itemsize > 1:
-            aligned = data.storage_offset() % base.itemsize == 0 and data.stride(0) % base.itemsize == 0
-            # a typed view in place where the bytes allow it: a copy of rows of 2 bytes costs more
-            data = (data if aligned else data.contiguous()).view(_TORCH_DTYPES[base.str])
-        elif base.kind == "i":
-            data = data.view(torch.int8)
-        return data[:, 0] if not shape else data
+def _typed_torch(data: torch.Tensor, base: np.dtype) -> torch.Tensor:
+    """uint8 (n, k·itemsize) -> (n, k) of the field's type."""
+    if base.itemsize > 1:
+        aligned = data.storage_offset() % base.itemsize == 0 and data.stride(0) % base.itemsize == 0
+        # a typed view in place where the bytes allow it: a copy of rows of 2 bytes costs more
+        return (data if aligned else data.contiguous()).view(_TORCH_DTYPES[base.str])
+    if base.kind == "i":
+        return data.view(torch.int8)
+    return data
 
 
-def check_importance(importance, n_per_row: int, name: str) -> np.ndarray:
+def check_importance(importance: np.ndarray, n_per_row: int, name: str) -> np.ndarray:
     """The importance vector as float32 (n_per_row,), or one clear error."""
     importance = np.asarray(importance)
     if importance.shape != (n_per_row,):
@@ -282,71 +275,3 @@ def check_importance(importance, n_per_row: int, name: str) -> np.ndarray:
             f"({importance[bad]}); llama.cpp refuses such an imatrix too"
         )
     return importance
-
-
-# ---- decode arithmetic ----------------------------------------------------------------------------
-def scale_levels(out, levels, scale, minus=None, plus=None):
-    """C's ``y = q·scale``, then ``- minus`` or ``+ plus``, in float32 and in that order, into out.
-
-    levels (n, k, run): small integers (any integer dtype; the first pass writes them into out as
-    float32, exactly) or float32 values; scale, minus, plus (n, k) float32, one for each run of weights;
-    out (n, k·run) float32. numpy arrays or torch tensors alike. (numpy's np.repeat would make the
-    scales per weight a little faster, but it holds the GIL, and the numpy decoder runs in threads.)
-    """
-    shaped = out.reshape(levels.shape)  # a view: out is contiguous
-    shaped[...] = levels
-    shaped *= scale[..., None]
-    if minus is not None:
-        shaped -= minus[..., None]
-    if plus is not None:
-        shaped += plus[..., None]
-    return out
-
-
-# ---- threads --------------------------------------------------------------------------------------
-_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
-
-
-def in_threads(work, n: int, step: int) -> None:
-    """``work(start, stop)`` over [0, n), split into THREADS contiguous parts (whole steps each) that run
-    in parallel; the calling thread takes the first part."""
-    parts = max(1, min(THREADS, -(-n // step)))
-    cuts = [n * i // parts // step * step for i in range(parts)] + [n]
-    if parts == 1:
-        work(0, n)
-        return
-    key = (os.getpid(), parts - 1)  # a forked child has none of its parent's pool threads
-    pool = _pools.get(key) or _pools.setdefault(key, ThreadPoolExecutor(parts - 1))
-    futures = [pool.submit(work, cuts[i], cuts[i + 1]) for i in range(1, parts)]
-    work(cuts[0], cuts[1])
-    for future in futures:
-        future.result()
-
-
-def _torch_dtypes() -> dict:
-    try:
-        import torch
-    except ImportError:  # torch is only needed for dequantize_torch
-        return {}
-    return {"<f2": torch.float16, "<f4": torch.float32, "<i2": torch.int16, "<u2": torch.uint16}
-
-
-_TORCH_DTYPES = _torch_dtypes()
-
-
-def f16(name: str, count: int | None = None):
-    """A struct field of ggml_half (IEEE half, little-endian)."""
-    return (name, "<f2") if count is None else (name, "<f2", (count,))
-
-
-def u8(name: str, count: int | None = None):
-    return (name, "u1") if count is None else (name, "u1", (count,))
-
-
-def i8(name: str, count: int):
-    return (name, "i1", (count,))
-
-
-def struct(*fields) -> np.dtype:
-    """A packed C struct (ggml blocks have no padding: every static_assert says so)."""
-    return np.dtype(list(fields))
