@@ -5,17 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ggufmaker
 import numpy as np
 import pytest
 import torch
 from devices import TORCH_DEVICES
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
-from ggufmaker import TinySpec
 
 from stablelm_lab import GGUFError, StableLM, quants
 from stablelm_lab.model import LayerNorm, Rotary
+from stablelm_lab.testing import (
+    TinySpec,
+    every_type_mix,
+    q4_k_m_mix,
+    random_weights,
+    transformers_model,
+    uniform,
+    write_gguf,
+)
 
 GOLDEN = Path(__file__).parent / "golden"
 LOGITS_ATOL = 1e-4  # measured on the CPU: max 8.0e-6 (ATEN_CPU_CAPABILITY=default), 5.3e-6 (avx2), 4.6e-6 (avx512)
@@ -40,8 +47,8 @@ def prompt(n=24, seed=0, vocab=512):
 def pair(request, tmp_path_factory):
     """(our model, transformers' model, spec) on one float32 file."""
     spec = SPECS[request.param]
-    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("m") / "f32.gguf", spec)
-    return StableLM.from_gguf(path), ggufmaker.transformers_model(path, spec), spec
+    path = write_gguf(tmp_path_factory.mktemp("m") / "f32.gguf", spec)
+    return StableLM.from_gguf(path), transformers_model(path, spec), spec
 
 
 # ---- layers ----------------------------------------------------------------------------------------
@@ -178,10 +185,10 @@ def test_activation_names_are_llama_cpp_graph_names(pair):
 
 # ---- quantized files: the target is "decode with gguf-py, then float32" -------------------------------
 QUANT_CASES = {
-    "Q8_0": ggufmaker.uniform(T.Q8_0),
-    "Q4_0": ggufmaker.uniform(T.Q4_0),
-    "Q4_K_M-like": ggufmaker.q4_k_m_mix,
-    "every-type": ggufmaker.every_type_mix(
+    "Q8_0": uniform(T.Q8_0),
+    "Q4_0": uniform(T.Q4_0),
+    "Q4_K_M-like": q4_k_m_mix,
+    "every-type": every_type_mix(
         [
             T.F16,
             T.BF16,
@@ -214,10 +221,10 @@ def require_formats(path):
 @torch.no_grad()
 def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, device, tmp_path):
     spec = TinySpec(n_head_kv=2, seed=7, qkv_bias=True)
-    path = ggufmaker.write_gguf(tmp_path / f"{case}.gguf", spec, types=QUANT_CASES[case])
+    path = write_gguf(tmp_path / f"{case}.gguf", spec, types=QUANT_CASES[case])
     require_formats(path)
     ours = StableLM.from_gguf(path, lean=lean, device=device)
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, spec)
     ids = prompt(16, seed=8)
     logits = ours(ids)
     assert logits.device.type == device
@@ -231,7 +238,7 @@ def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, devi
 def test_lean_matrices_give_the_dense_gradients(tmp_path):
     """Lean mode decodes every matrix into one reused scratch buffer, except when autograd keeps the
     decoded weight for backward: gate and up both feed the product, so a shared buffer would show."""
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(), types=ggufmaker.q4_k_m_mix)
+    path = write_gguf(tmp_path / "m.gguf", TinySpec(), types=q4_k_m_mix)
     grads = []
     for lean in (False, True):
         ffn = StableLM.from_gguf(path, lean=lean).blk[0].ffn
@@ -245,7 +252,7 @@ def test_lean_matrices_give_the_dense_gradients(tmp_path):
 def test_lean_models_in_two_threads_do_not_share_a_band(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(n_ff=4096), types=ggufmaker.q4_k_m_mix)
+    path = write_gguf(tmp_path / "m.gguf", TinySpec(n_ff=4096), types=q4_k_m_mix)
     model = StableLM.from_gguf(path, lean=True)
     inputs = [prompt(8, seed=s) for s in range(8)]
     alone = [model(ids) for ids in inputs]
@@ -259,9 +266,9 @@ def test_lean_models_in_two_threads_do_not_share_a_band(tmp_path):
 @torch.no_grad()
 def test_cached_decoding_and_greedy_tokens_on_each_device(device, lean, tmp_path):
     spec = TinySpec(n_head_kv=2, seed=9)
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", spec, types=ggufmaker.q4_k_m_mix)
+    path = write_gguf(tmp_path / "m.gguf", spec, types=q4_k_m_mix)
     ours = StableLM.from_gguf(path, device=device, lean=lean)
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, spec)
     ids = prompt(12, seed=10)
     cache = ours.new_cache()
     steps = [ours(ids[:, :8], cache)] + [ours(ids[:, t : t + 1], cache) for t in range(8, 12)]
@@ -292,7 +299,7 @@ def test_files_quantized_by_llama_cpp(name):
         n_rot=cfg.n_rot,
         norm_eps=cfg.norm_eps,
     )
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, spec)
     ids = prompt(12, vocab=cfg.n_vocab)
     assert (ours(ids) - hf(ids).logits).abs().max().item() < LOGITS_ATOL
 
@@ -300,7 +307,7 @@ def test_files_quantized_by_llama_cpp(name):
 # ---- dtypes, errors --------------------------------------------------------------------------------
 @torch.no_grad()
 def test_bfloat16_is_close_to_float32(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec())
+    path = write_gguf(tmp_path / "m.gguf", TinySpec())
     ids = prompt(8)
     full = StableLM.from_gguf(path)(ids)
     half = StableLM.from_gguf(path, dtype=torch.bfloat16)(ids)
@@ -310,15 +317,15 @@ def test_bfloat16_is_close_to_float32(tmp_path):
 
 
 def test_a_llama_file_is_refused(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "llama.gguf", architecture="llama")
+    path = write_gguf(tmp_path / "llama.gguf", architecture="llama")
     with pytest.raises(GGUFError, match="not a StableLM"):
         StableLM.from_gguf(path)
 
 
 def test_a_file_missing_tensors_is_refused(tmp_path):
-    weights = ggufmaker.random_weights(TinySpec())
+    weights = random_weights(TinySpec())
     del weights["blk.1.ffn_up.weight"]
-    path = ggufmaker.write_gguf(tmp_path / "cut.gguf", weights=weights)
+    path = write_gguf(tmp_path / "cut.gguf", weights=weights)
     with pytest.raises(GGUFError, match="lacks tensors a StableLM needs: blk.1.ffn_up.weight"):
         StableLM.from_gguf(path)
 
