@@ -28,6 +28,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
 from tokenizers import Tokenizer
 
+from .model.config import StableLMConfig
 from .train.corpus import WHITESPACE_RUNS, Document, train_tokenizer
 from .train.export import ARCH, add_hyperparameters, add_tokenizer, converter_type
 
@@ -333,8 +334,10 @@ def hf_name(name: str) -> str:
     return f"model.layers.{parts[1]}.{layer[parts[2]]}.{parts[3]}"
 
 
-def transformers_model(path: str | Path, spec: TinySpec) -> torch.nn.Module:
-    """transformers' StableLmForCausalLM (float32, eager attention) holding the file's decoded weights."""
+def transformers_model(path: str | Path, spec: TinySpec | StableLMConfig) -> torch.nn.Module:
+    """transformers' StableLmForCausalLM (float32, eager attention) holding the file's decoded weights;
+    its shape from the spec the file was written with, or from the config our reader read (a file made
+    elsewhere)."""
     try:  # not a dependency of the package: the tests' extra (pip install -e '.[test]') has it
         from transformers import StableLmConfig, StableLmForCausalLM
     except ImportError as e:

@@ -287,20 +287,8 @@ def test_files_quantized_by_llama_cpp(name):
     path = GOLDEN / f"tiny_stablelm.{name}.gguf"
     require_formats(path)
     ours = StableLM.from_gguf(path)
-    cfg = ours.config
-    spec = TinySpec(
-        n_vocab=cfg.n_vocab,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_head_kv=cfg.n_head_kv,
-        n_ff=cfg.n_ff,
-        n_ctx=cfg.n_ctx,
-        n_rot=cfg.n_rot,
-        norm_eps=cfg.norm_eps,
-    )
-    hf = transformers_model(path, spec)
-    ids = prompt(12, vocab=cfg.n_vocab)
+    hf = transformers_model(path, ours.config)
+    ids = prompt(12, vocab=ours.config.n_vocab)
     assert (ours(ids) - hf(ids).logits).abs().max().item() < LOGITS_ATOL
 
 

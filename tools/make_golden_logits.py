@@ -1,8 +1,9 @@
 """Make the golden logits that check the torch StableLM against llama.cpp itself.
 
-    PYTHONPATH=tests /work/llamavenv/bin/python tools/make_golden_logits.py
+    .venv/bin/python tools/make_golden_logits.py
 
-(any environment with numpy, gguf and llama-cpp-python; torch is not needed). Writes under tests/golden/:
+(this package's environment with llama-cpp-python importable: tools/make_golden_quants.py shows how).
+Writes under tests/golden/:
 - tiny_model.F32.gguf: a 2-layer random StableLM written by stablelm_lab.testing (sequential residual,
   grouped KV heads, rotary on a quarter of each head),
 - tiny_model.Q8_0.gguf and tiny_model.Q4_K_M.gguf: the same model quantized by llama.cpp's

@@ -1,9 +1,9 @@
 """Make the golden files that check stablelm_lab.mixes.rules and quantize_gguf against llama-quantize itself.
 
-    PYTHONPATH=/path/to/llama_cpp_python-0.3.36 .venv/bin/python tools/make_golden_mixes.py [--fma-bound SRC]
+    .venv/bin/python tools/make_golden_mixes.py [--fma-bound LLAMA_CPP_SOURCE]
 
-(this package's environment, with llama-cpp-python built from source without FMA contraction importable;
-SRC: a llama.cpp source tree). Two small StableLM files, stablelm_lab.testing's GOLDEN_SOURCES:
+(this package's environment with llama-cpp-python, built from source without FMA contraction, importable:
+tools/make_golden_quants.py shows how). Two small StableLM files, stablelm_lab.testing's GOLDEN_SOURCES:
 - "stablelm16": StableLM-3B-4E1T's design in small, F16 like a converted release: 16 layers, so every
   layer rule shows (first/last eighth, every third layer, first sixteenth), no grouped KV heads;
 - "gqa12": F32, 12 layers (n/16 = 0), 4 query heads per KV head, and an FFN width of 288 (ffn_down

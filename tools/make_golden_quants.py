@@ -2,7 +2,7 @@
 
     python tools/make_golden_quants.py        # in an environment with llama-cpp-python built from source
     # or its source package over a separate llama.cpp build (diskcache importable, for llama_cpp's __init__):
-    PYTHONPATH=/path/to/llama_cpp_python-0.3.36:tools LLAMA_CPP_LIB_PATH=/path/to/llama.cpp/build/bin \
+    PYTHONPATH=/path/to/llama_cpp_python-0.3.36 LLAMA_CPP_LIB_PATH=/path/to/llama.cpp/build/bin \
         .venv/bin/python tools/make_golden_quants.py
 
 Writes, under tests/golden/:
