@@ -1,10 +1,8 @@
 """Test-session settings shared by every test folder."""
 
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parent
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def pytest_configure(config):

@@ -11,6 +11,7 @@ The parts, in the order the data flows; each imports only from the parts above i
     analysis/   error, perplexity, KL divergence, the importance matrix, benchmarks
     lab/        figures, diagrams and widgets for the notebooks
     train/      how the embedded default was trained (``python -m stablelm_lab.train``)
+    testing.py  synthetic StableLM GGUF files of any shape, for tests, tools and trying the notebooks
     cli.py      the ``stablelm-lab`` command
 """
 

@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import pytest
 
 from stablelm_lab import GGUFFile
+from stablelm_lab.testing import sha256
 
-
-def sha256(data) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
+__all__ = ["fail_unless_same_file", "sha256"]
 
 
 def fail_unless_same_file(path, golden: dict, what: str) -> None:

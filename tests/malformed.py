@@ -21,20 +21,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import ggufmaker
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFWriter
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFValueType as V
 
+from stablelm_lab.testing import TinySpec, uniform, write_gguf
+
 # A StableLM small enough that a test can cut it at every byte of its header: one block, Q8_0 matrices.
-SMALL_SPEC = ggufmaker.TinySpec(
+SMALL_SPEC = TinySpec(
     n_vocab=64, n_embd=64, n_layer=1, n_head=2, n_head_kv=1, n_ff=128, n_ctx=64, n_rot=16, qkv_bias=True
 )
 
 
 def small_valid_file(path) -> Path:
-    return ggufmaker.write_gguf(path, SMALL_SPEC, types=ggufmaker.uniform(T.Q8_0), tokenizer="placeholder")
+    return write_gguf(path, SMALL_SPEC, types=uniform(T.Q8_0), tokenizer="placeholder")
 
 
 # ---- where each field of a valid file lies -------------------------------------------------------

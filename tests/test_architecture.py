@@ -1,6 +1,6 @@
 """The package's parts import one way only, in the order the data flows (stablelm_lab/__init__.py):
 
-    quants -> container -> model -> mixes -> text -> analysis -> lab -> train -> cli
+    quants -> container -> model -> mixes -> text -> analysis -> lab -> train -> testing -> cli
 
 A module may import from its own part and from the parts before it, never from a later one; no import
 circle between modules; and the dependencies every user has (torch, numpy, ...) are imported at the top of
@@ -17,7 +17,7 @@ import pytest
 import stablelm_lab
 
 PACKAGE = Path(stablelm_lab.__file__).parent
-PARTS = ["quants", "container", "model", "mixes", "text", "analysis", "lab", "train", "cli"]
+PARTS = ["quants", "container", "model", "mixes", "text", "analysis", "lab", "train", "testing", "cli"]
 HARD_DEPENDENCIES = {"numpy", "torch", "gguf", "tokenizers", "tqdm", "plotly", "ipywidgets", "anywidget"}
 # where an import inside a function is the point, and why
 LAZY_IMPORTS_ALLOWED = {

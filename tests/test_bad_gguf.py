@@ -12,7 +12,6 @@ import time
 import tracemalloc
 from pathlib import Path
 
-import ggufmaker
 import malformed
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from gguf import quants as gguf_quants
 
 from stablelm_lab import GGUFError, GGUFFile, StableLM, StableLMConfig, load_tokenizer, quants
 from stablelm_lab.analysis.tensor_stats import nonfinite_blocks
+from stablelm_lab.testing import train_neox_tokenizer, uniform, write_gguf
 
 GOLDEN = Path(__file__).parent / "golden"
 FUZZ_CASES = 300
@@ -230,9 +230,7 @@ def _peak_rss() -> int:
 # ---- read-only ---------------------------------------------------------------------------------------
 def test_no_operation_modifies_the_file(tmp_path):
     spec = dataclasses.replace(malformed.SMALL_SPEC, n_vocab=512)  # room for a real BPE tokenizer
-    path = ggufmaker.write_gguf(
-        tmp_path / "ro.gguf", spec, types=ggufmaker.uniform(T.Q8_0), tokenizer=ggufmaker.train_neox_tokenizer()
-    )
+    path = write_gguf(tmp_path / "ro.gguf", spec, types=uniform(T.Q8_0), tokenizer=train_neox_tokenizer())
     os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # an mtime in the past, so any write would show
     original = (path.read_bytes(), path.stat().st_mtime_ns)
 

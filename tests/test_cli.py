@@ -7,14 +7,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import ggufmaker
 import numpy as np
 import pytest
-from ggufmaker import TinySpec
 
 from stablelm_lab import GGUFFile, StableLM, generate, load_tokenizer
 from stablelm_lab.cli import build_parser, main
 from stablelm_lab.mixes.rules import explain_mix
+from stablelm_lab.testing import TRAINING_TEXT, TinySpec, train_neox_tokenizer, write_gguf
 
 SPEC = TinySpec(n_vocab=512, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64, seed=3)
 COMMANDS = ["inspect", "dequant", "quantize", "imatrix", "explain-mix", "generate", "compare", "bench"]
@@ -23,7 +22,7 @@ COMMANDS = ["inspect", "dequant", "quantize", "imatrix", "explain-mix", "generat
 @pytest.fixture(scope="module")
 def f32(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "tiny.F32.gguf"
-    return ggufmaker.write_gguf(path, SPEC, tokenizer=ggufmaker.train_neox_tokenizer(400))
+    return write_gguf(path, SPEC, tokenizer=train_neox_tokenizer(400))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +99,7 @@ def test_generate_is_the_package_generate(f32, capsys):
 
 
 def test_compare(f32, q4_k_m, capsys):
-    code, out, _ = run(capsys, "compare", f32, q4_k_m, "--text", ggufmaker.TRAINING_TEXT, "--n-ctx", "32")
+    code, out, _ = run(capsys, "compare", f32, q4_k_m, "--text", TRAINING_TEXT, "--n-ctx", "32")
     assert code == 0
     assert any(line.startswith("blk.1.attn_v.weight") and "F32" in line and "Q6_K" in line for line in out.splitlines())
     assert "Mean    KLD:" in out and "Same top p:" in out
@@ -141,7 +140,7 @@ def test_unknown_tensor_suggests_names(f32, capsys):
 def test_unknown_mix_and_wrong_model(f32, tmp_path, capsys):
     assert_one_line_error(*run(capsys, "quantize", f32, tmp_path / "o.gguf", "Q4_K_XL")[::2], "unknown mix")
     assert not (tmp_path / "o.gguf").exists()
-    llama = ggufmaker.write_gguf(tmp_path / "llama.gguf", architecture="llama")
+    llama = write_gguf(tmp_path / "llama.gguf", architecture="llama")
     assert_one_line_error(*run(capsys, "explain-mix", llama, "Q4_0")[::2], "not a StableLM")
 
 

@@ -7,15 +7,15 @@ the weights gguf-py decodes from the same file. The 32-layer file is the benchma
 
 from __future__ import annotations
 
-import ggufmaker
 import numpy as np
 import pytest
 import torch
 from devices import TORCH_DEVICES
 
 from stablelm_lab import GGUFFile, StableLM, StableLMConfig
+from stablelm_lab.testing import TinySpec, q4_k_m_mix, transformers_model, write_gguf
 
-SPEC = ggufmaker.TinySpec(
+SPEC = TinySpec(
     n_vocab=50304, n_embd=2560, n_layer=1, n_head=32, n_head_kv=32, n_ff=6912, n_ctx=4096, n_rot=20, rope_base=10000.0
 )
 # float32 sums over 2560- and 6912-wide rows in another order (torch's and transformers' kernels split
@@ -26,16 +26,14 @@ LOGITS_RTOL = 2e-5
 
 @pytest.fixture(scope="module")
 def path(tmp_path_factory):
-    return ggufmaker.write_gguf(
-        tmp_path_factory.mktemp("full") / "3b-1layer.Q4_K_M.gguf", SPEC, types=ggufmaker.q4_k_m_mix
-    )
+    return write_gguf(tmp_path_factory.mktemp("full") / "3b-1layer.Q4_K_M.gguf", SPEC, types=q4_k_m_mix)
 
 
 @pytest.fixture(scope="module")
 def transformers_logits(path):
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, SPEC.n_vocab, (1, 6)))
     with torch.no_grad():
-        return ids, ggufmaker.transformers_model(path, SPEC)(ids).logits
+        return ids, transformers_model(path, SPEC)(ids).logits
 
 
 def test_the_file_reads_as_stablelm_3b(path):

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import ggufmaker
 import pytest
 import torch
 
 from stablelm_lab import StableLM, generate, load_tokenizer
+from stablelm_lab.testing import TinySpec, train_neox_tokenizer, transformers_model, write_gguf
 from stablelm_lab.text.generate import generate_ids, next_token
 
 PROMPT = "The quick brown fox"
@@ -14,10 +14,10 @@ PROMPT = "The quick brown fox"
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    tok = ggufmaker.train_neox_tokenizer(vocab_size=1000)
-    spec = ggufmaker.TinySpec(n_vocab=tok.get_vocab_size(), seed=3)  # every id decodes to some text
-    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("gen") / "m.gguf", spec, tokenizer=tok)
-    return StableLM.from_gguf(path), load_tokenizer(path), ggufmaker.transformers_model(path, spec), tok
+    tok = train_neox_tokenizer(vocab_size=1000)
+    spec = TinySpec(n_vocab=tok.get_vocab_size(), seed=3)  # every id decodes to some text
+    path = write_gguf(tmp_path_factory.mktemp("gen") / "m.gguf", spec, tokenizer=tok)
+    return StableLM.from_gguf(path), load_tokenizer(path), transformers_model(path, spec), tok
 
 
 def test_greedy_text_matches_transformers(setup):

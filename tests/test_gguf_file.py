@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import ggufmaker
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
@@ -12,16 +11,15 @@ from gguf import GGUFReader
 from gguf import quants as gguf_quants
 
 from stablelm_lab import GGUFError, GGUFFile, StableLMConfig, quants
+from stablelm_lab.testing import TinySpec, every_type_mix, write_gguf
 
 MIXED_TYPES = [T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
 
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    spec = ggufmaker.TinySpec(n_layer=2, qkv_bias=True)
-    path = ggufmaker.write_gguf(
-        tmp_path_factory.mktemp("gguf") / "mixed.gguf", spec, types=ggufmaker.every_type_mix(MIXED_TYPES)
-    )
+    spec = TinySpec(n_layer=2, qkv_bias=True)
+    path = write_gguf(tmp_path_factory.mktemp("gguf") / "mixed.gguf", spec, types=every_type_mix(MIXED_TYPES))
     return path
 
 
@@ -63,7 +61,7 @@ def rss_file_kib() -> int:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads Linux's /proc")
 def test_release_unmaps_a_tensors_pages_and_keeps_its_bytes(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "big.gguf", ggufmaker.TinySpec(n_vocab=16384))  # 16 MiB embedding
+    path = write_gguf(tmp_path / "big.gguf", TinySpec(n_vocab=16384))  # 16 MiB embedding
     before = path.read_bytes()
     g = GGUFFile(path)
     name, n_kib = "token_embd.weight", g.tensor_info["token_embd.weight"].nbytes // 1024
@@ -86,8 +84,8 @@ def test_dequantize_matches_gguf_py(mixed):
 
 
 def test_config_from_keys_and_tensors(tmp_path):
-    spec = ggufmaker.TinySpec(n_head_kv=1, n_rot=32, rope_base=500.0, parallel_residual=True, qk_norm=True)
-    cfg = StableLMConfig.from_gguf(GGUFFile(ggufmaker.write_gguf(tmp_path / "m.gguf", spec)))
+    spec = TinySpec(n_head_kv=1, n_rot=32, rope_base=500.0, parallel_residual=True, qk_norm=True)
+    cfg = StableLMConfig.from_gguf(GGUFFile(write_gguf(tmp_path / "m.gguf", spec)))
     assert cfg == StableLMConfig(
         n_vocab=512,
         n_embd=256,
@@ -107,7 +105,7 @@ def test_config_from_keys_and_tensors(tmp_path):
 
 
 def test_sequential_residual_follows_the_tensors_not_the_key(mixed):
-    # ggufmaker writes use_parallel_residual = True, as the converter does when config.json lacks it
+    # stablelm_lab.testing writes use_parallel_residual = True, as the converter does when config.json lacks it
     cfg = StableLMConfig.from_gguf(GGUFFile(mixed))
     assert not cfg.parallel_residual
     assert cfg.rope_base == 10000.0  # rope.freq_base absent
@@ -135,7 +133,7 @@ def test_missing_file(tmp_path):
 
 
 def test_other_architecture_has_no_stablelm_config(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "llama.gguf", architecture="llama")
+    path = write_gguf(tmp_path / "llama.gguf", architecture="llama")
     g = GGUFFile(path)  # still a readable GGUF
     assert g.architecture == "llama"
     with pytest.raises(GGUFError, match="holds a 'llama' model, not a StableLM"):

@@ -8,10 +8,8 @@ import json
 import struct
 from pathlib import Path
 
-import ggufmaker
 import numpy as np
 import pytest
-from ggufmaker import TinySpec
 
 from stablelm_lab import StableLM, load_tokenizer
 from stablelm_lab.analysis.imatrix import (
@@ -23,6 +21,7 @@ from stablelm_lab.analysis.imatrix import (
     save_imatrix,
 )
 from stablelm_lab.container.default_model import DATA_DIR, embedded_gguf
+from stablelm_lab.testing import TinySpec, transformers_model, write_gguf
 
 GOLDEN = Path(__file__).parent / "golden" / "llama_imatrix"
 RUN = json.loads((GOLDEN / "run.json").read_text())
@@ -103,10 +102,10 @@ def test_collect_sees_the_inputs_transformers_multiplies(spec, tmp_path):
     pre-hooks), squared and summed, is what collect_imatrix reads from our named activations."""
     import torch
 
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", spec)
+    path = write_gguf(tmp_path / "m.gguf", spec)
     ids = torch.from_numpy(np.random.default_rng(0).integers(0, spec.n_vocab, size=64))
     ours = collect_imatrix(StableLM.from_gguf(path), ids.tolist(), chunk_size=32, process_output=True)
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, spec)
     expected = {}
 
     def record(name):

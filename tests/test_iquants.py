@@ -13,15 +13,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import gguf
-import ggufmaker
 import numpy as np
 import pytest
 import torch
 from devices import TORCH_DEVICES
 from gguf import GGMLQuantizationType as T
 
-from stablelm_lab import GGUFFile, StableLM, quants
+from stablelm_lab import GGUFFile, StableLM, quants, testing
 from stablelm_lab.quants import iq_grids, iquants
+from stablelm_lab.testing import WEIGHT_STD, TinySpec, every_type_mix, read_back, transformers_model, write_gguf
 
 GOLDEN = Path(__file__).parent / "golden" / "iquant_blocks.npz"
 NAMES = ["IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ1_S", "IQ1_M"]
@@ -262,32 +262,32 @@ def iquant_blocks(shape, qtype: T, rng: np.random.Generator) -> np.ndarray:
     else:
         blocks[:, 0:2] = np.array([1 / 16], np.float16).view(np.uint8)
         std = fmt.dequantize(raw).std()
-        blocks[:, 0:2] = np.array([ggufmaker.WEIGHT_STD / std / 16], np.float16).view(np.uint8)
+        blocks[:, 0:2] = np.array([WEIGHT_STD / std / 16], np.float16).view(np.uint8)
     return raw
 
 
 @pytest.fixture(scope="module")
 def iquant_file(tmp_path_factory):
-    spec = ggufmaker.TinySpec(n_head_kv=2, seed=11)
-    original = ggufmaker.encode
+    spec = TinySpec(n_head_kv=2, seed=11)
+    original = testing.encode
 
     def encode(w, qtype, rng):
         return iquant_blocks(w.shape, qtype, rng) if qtype.name in NAMES else original(w, qtype, rng)
 
-    ggufmaker.encode = encode
+    testing.encode = encode
     try:
-        path = ggufmaker.write_gguf(
-            tmp_path_factory.mktemp("iq") / "iq.gguf", spec, types=ggufmaker.every_type_mix([T[name] for name in NAMES])
+        path = write_gguf(
+            tmp_path_factory.mktemp("iq") / "iq.gguf", spec, types=every_type_mix([T[name] for name in NAMES])
         )
     finally:
-        ggufmaker.encode = original
+        testing.encode = original
     return path, spec
 
 
 def test_gguf_file_decodes_iquant_tensors_as_gguf_py(iquant_file):
     path, _ = iquant_file
     g = GGUFFile(path)
-    truth = ggufmaker.read_back(path)
+    truth = read_back(path)
     seen = set()
     for info in g.tensors:
         assert_same_bits(g.dequantize(info.name), truth[info.name], info.name)
@@ -300,6 +300,6 @@ def test_gguf_file_decodes_iquant_tensors_as_gguf_py(iquant_file):
 def test_model_on_iquant_weights_matches_transformers(iquant_file, lean):
     path, spec = iquant_file
     ours = StableLM.from_gguf(path, lean=lean)
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, spec)
     ids = torch.from_numpy(np.random.default_rng(8).integers(0, spec.n_vocab, size=(2, 16)))
     assert (ours(ids) - hf(ids).logits).abs().max().item() < 1e-4

@@ -7,12 +7,10 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-import ggufmaker
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ggufmaker import TinySpec
 
 from stablelm_lab import StableLM, load_tokenizer
 from stablelm_lab.analysis.metrics import (
@@ -29,6 +27,7 @@ from stablelm_lab.analysis.metrics import (
     tensor_error,
 )
 from stablelm_lab.mixes.quantize_file import quantize_gguf
+from stablelm_lab.testing import TRAINING_TEXT, TinySpec, train_neox_tokenizer, transformers_model, write_gguf
 
 
 # ---- tensors ---------------------------------------------------------------------------------------------
@@ -143,7 +142,7 @@ SPEC = TinySpec(n_vocab=512, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("metrics")
-    f32 = ggufmaker.write_gguf(tmp / "f32.gguf", SPEC, tokenizer=ggufmaker.train_neox_tokenizer(400))
+    f32 = write_gguf(tmp / "f32.gguf", SPEC, tokenizer=train_neox_tokenizer(400))
     quantize_gguf(f32, tmp / "q4_0.gguf", "Q4_0", progress=False)
     return {"F32": f32, "Q4_0": tmp / "q4_0.gguf"}
 
@@ -151,7 +150,7 @@ def files(tmp_path_factory):
 def hf_log_probs(path, ids: np.ndarray) -> torch.Tensor:
     """transformers' log-probabilities at the positions llama-perplexity scores, float64."""
     with torch.no_grad():
-        logits = ggufmaker.transformers_model(path, SPEC)(torch.from_numpy(ids)).logits
+        logits = transformers_model(path, SPEC)(torch.from_numpy(ids)).logits
     first = ids.shape[1] // 2
     return torch.log_softmax(logits[:, first:-1].double(), dim=-1)
 
@@ -185,7 +184,7 @@ def test_a_model_against_itself(files):
 
 
 def test_paths_bring_their_tokenizer(files):
-    text = ggufmaker.TRAINING_TEXT
+    text = TRAINING_TEXT
     by_path = perplexity(files["F32"], text, n_ctx=32)
     by_model = perplexity(StableLM.from_gguf(files["F32"]), text, tokenizer=load_tokenizer(files["F32"]), n_ctx=32)
     np.testing.assert_array_equal(by_path.nll, by_model.nll)

@@ -5,19 +5,15 @@ hand for StableLM-3B-4E1T's 32 layers."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-import ggufmaker
 import pytest
 from gguf import GGMLQuantizationType as T
 
 from stablelm_lab import GGUFError, GGUFFile
 from stablelm_lab.container.gguf_file import TensorInfo
 from stablelm_lab.mixes.rules import MIXES, ModelShape, choose_type, explain_mix, get_mix, mix_size, use_more_bits
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import make_golden_mixes  # noqa: E402  (numpy + gguf + ggufmaker only: it rebuilds the golden sources)
+from stablelm_lab.testing import write_gguf, write_golden_source
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "mixes" / "mixes.json").read_text())
 
@@ -29,7 +25,7 @@ def golden_types(model: str, mix: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mix_sources")
-    return {model: GGUFFile(make_golden_mixes.write_source(tmp / f"{model}.gguf", model)) for model in GOLDEN["models"]}
+    return {model: GGUFFile(write_golden_source(tmp / f"{model}.gguf", model)) for model in GOLDEN["models"]}
 
 
 def test_the_golden_files_cover_every_mix():
@@ -169,6 +165,6 @@ def test_every_rule_is_named(sources):
 def test_bad_mix_and_bad_model(tmp_path):
     with pytest.raises(ValueError, match="unknown mix 'Q4_K_X'.*Q4_K_M"):
         get_mix("Q4_K_X")
-    llama = ggufmaker.write_gguf(tmp_path / "llama.gguf", architecture="llama")
+    llama = write_gguf(tmp_path / "llama.gguf", architecture="llama")
     with pytest.raises(GGUFError, match="not a StableLM"):
         explain_mix(llama, "Q4_K_M")

@@ -6,19 +6,26 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import ggufmaker
 import numpy as np
 import pytest
 import torch
 from devices import TORCH_DEVICES
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader
-from ggufmaker import TinySpec
 
 from stablelm_lab import GGUFError, StableLM, quants
 from stablelm_lab.model import LayerNorm, Rotary
 from stablelm_lab.model.layers import rotate
 from stablelm_lab.model.weights import LeanWeights
+from stablelm_lab.testing import (
+    TinySpec,
+    every_type_mix,
+    q4_k_m_mix,
+    random_weights,
+    transformers_model,
+    uniform,
+    write_gguf,
+)
 from stablelm_lab.text.generate import generate_ids
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -44,8 +51,8 @@ def prompt(n=24, seed=0, vocab=512):
 def pair(request, tmp_path_factory):
     """(our model, transformers' model, spec) on one float32 file."""
     spec = SPECS[request.param]
-    path = ggufmaker.write_gguf(tmp_path_factory.mktemp("m") / "f32.gguf", spec)
-    return StableLM.from_gguf(path), ggufmaker.transformers_model(path, spec), spec
+    path = write_gguf(tmp_path_factory.mktemp("m") / "f32.gguf", spec)
+    return StableLM.from_gguf(path), transformers_model(path, spec), spec
 
 
 # ---- layers ----------------------------------------------------------------------------------------
@@ -180,10 +187,10 @@ def test_activation_names_are_llama_cpp_graph_names(pair):
 
 # ---- quantized files: the target is "decode with gguf-py, then float32" -------------------------------
 QUANT_CASES = {
-    "Q8_0": ggufmaker.uniform(T.Q8_0),
-    "Q4_0": ggufmaker.uniform(T.Q4_0),
-    "Q4_K_M-like": ggufmaker.q4_k_m_mix,
-    "every-type": ggufmaker.every_type_mix(
+    "Q8_0": uniform(T.Q8_0),
+    "Q4_0": uniform(T.Q4_0),
+    "Q4_K_M-like": q4_k_m_mix,
+    "every-type": every_type_mix(
         [
             T.F16,
             T.BF16,
@@ -216,10 +223,10 @@ def require_formats(path):
 @torch.no_grad()
 def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, device, tmp_path):
     spec = TinySpec(n_head_kv=2, seed=7, qkv_bias=True)
-    path = ggufmaker.write_gguf(tmp_path / f"{case}.gguf", spec, types=QUANT_CASES[case])
+    path = write_gguf(tmp_path / f"{case}.gguf", spec, types=QUANT_CASES[case])
     require_formats(path)
     ours = StableLM.from_gguf(path, lean=lean, device=device)
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, spec)
     ids = prompt(16, seed=8)
     logits = ours(ids)
     assert logits.device.type == device
@@ -233,7 +240,7 @@ def test_quantized_file_matches_transformers_on_gguf_py_weights(case, lean, devi
 @torch.no_grad()
 def test_lean_weights_decode_to_the_dense_weights(tmp_path):
     """A lean layer shows its matrix as the dense one holds it, and looks up embedding rows alike."""
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(), types=ggufmaker.q4_k_m_mix)
+    path = write_gguf(tmp_path / "m.gguf", TinySpec(), types=q4_k_m_mix)
     dense, lean = StableLM.from_gguf(path), StableLM.from_gguf(path, lean=True)
     assert isinstance(lean.output.weights, LeanWeights) and lean.output.weights.raw.dtype == torch.uint8
     assert torch.equal(lean.output.weight, dense.output.weight)
@@ -244,7 +251,7 @@ def test_lean_weights_decode_to_the_dense_weights(tmp_path):
 def test_lean_matrices_give_the_dense_gradients(tmp_path):
     """Lean mode decodes every matrix into one reused scratch buffer, except when autograd keeps the
     decoded weight for backward: gate and up both feed the product, so a shared buffer would show."""
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(), types=ggufmaker.q4_k_m_mix)
+    path = write_gguf(tmp_path / "m.gguf", TinySpec(), types=q4_k_m_mix)
     grads = []
     for lean in (False, True):
         ffn = StableLM.from_gguf(path, lean=lean).blk[0].ffn
@@ -256,7 +263,7 @@ def test_lean_matrices_give_the_dense_gradients(tmp_path):
 
 @torch.no_grad()
 def test_lean_models_in_two_threads_do_not_share_a_band(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec(n_ff=4096), types=ggufmaker.q4_k_m_mix)
+    path = write_gguf(tmp_path / "m.gguf", TinySpec(n_ff=4096), types=q4_k_m_mix)
     model = StableLM.from_gguf(path, lean=True)
     inputs = [prompt(8, seed=s) for s in range(8)]
     alone = [model(ids) for ids in inputs]
@@ -270,9 +277,9 @@ def test_lean_models_in_two_threads_do_not_share_a_band(tmp_path):
 @torch.no_grad()
 def test_cached_decoding_and_greedy_tokens_on_each_device(device, lean, tmp_path):
     spec = TinySpec(n_head_kv=2, seed=9)
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", spec, types=ggufmaker.q4_k_m_mix)
+    path = write_gguf(tmp_path / "m.gguf", spec, types=q4_k_m_mix)
     ours = StableLM.from_gguf(path, device=device, lean=lean)
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, spec)
     ids = prompt(12, seed=10)
     cache = ours.new_cache()
     steps = [ours(ids[:, :8], cache)] + [ours(ids[:, t : t + 1], cache) for t in range(8, 12)]
@@ -289,27 +296,15 @@ def test_files_quantized_by_llama_cpp(name):
     path = GOLDEN / f"tiny_stablelm.{name}.gguf"
     require_formats(path)
     ours = StableLM.from_gguf(path)
-    cfg = ours.config
-    spec = TinySpec(
-        n_vocab=cfg.n_vocab,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_head_kv=cfg.n_head_kv,
-        n_ff=cfg.n_ff,
-        n_ctx=cfg.n_ctx,
-        n_rot=cfg.n_rot,
-        norm_eps=cfg.norm_eps,
-    )
-    hf = ggufmaker.transformers_model(path, spec)
-    ids = prompt(12, vocab=cfg.n_vocab)
+    hf = transformers_model(path, ours.config)
+    ids = prompt(12, vocab=ours.config.n_vocab)
     assert (ours(ids) - hf(ids).logits).abs().max().item() < LOGITS_ATOL
 
 
 # ---- dtypes, errors --------------------------------------------------------------------------------
 @torch.no_grad()
 def test_bfloat16_is_close_to_float32(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "m.gguf", TinySpec())
+    path = write_gguf(tmp_path / "m.gguf", TinySpec())
     ids = prompt(8)
     full = StableLM.from_gguf(path)(ids)
     half = StableLM.from_gguf(path, dtype=torch.bfloat16)(ids)
@@ -319,15 +314,15 @@ def test_bfloat16_is_close_to_float32(tmp_path):
 
 
 def test_a_llama_file_is_refused(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "llama.gguf", architecture="llama")
+    path = write_gguf(tmp_path / "llama.gguf", architecture="llama")
     with pytest.raises(GGUFError, match="not a StableLM"):
         StableLM.from_gguf(path)
 
 
 def test_a_file_missing_tensors_is_refused(tmp_path):
-    weights = ggufmaker.random_weights(TinySpec())
+    weights = random_weights(TinySpec())
     del weights["blk.1.ffn_up.weight"]
-    path = ggufmaker.write_gguf(tmp_path / "cut.gguf", weights=weights)
+    path = write_gguf(tmp_path / "cut.gguf", weights=weights)
     with pytest.raises(GGUFError, match="lacks tensors a StableLM needs: blk.1.ffn_up.weight"):
         StableLM.from_gguf(path)
 

@@ -13,27 +13,26 @@ import subprocess
 import sys
 from pathlib import Path
 
-import ggufmaker
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from stablelm_lab.testing import TinySpec, q4_k_m_mix, train_neox_tokenizer, write_gguf
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-GQA_512 = ggufmaker.TinySpec(
-    n_vocab=512, n_embd=512, n_layer=2, n_head=8, n_head_kv=2, n_ff=1536, n_rot=16, rope_base=10000.0
-)
+GQA_512 = TinySpec(n_vocab=512, n_embd=512, n_layer=2, n_head=8, n_head_kv=2, n_ff=1536, n_rot=16, rope_base=10000.0)
 
 
 @pytest.fixture(scope="module", params=["gqa-512-2L", "3b-width-2L"])
 def other_file(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "gqa-512-2L":
-        return ggufmaker.write_gguf(
+        return write_gguf(
             folder / "gqa-512-2L.gguf",
             GQA_512,
-            types=ggufmaker.q4_k_m_mix,
-            tokenizer=ggufmaker.train_neox_tokenizer(400),
+            types=q4_k_m_mix,
+            tokenizer=train_neox_tokenizer(400),
         )
     subprocess.run(
         [

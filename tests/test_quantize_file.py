@@ -15,20 +15,17 @@ types, sizes and metadata, and blocks that differ within that bound.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
+from golden_files import fail_unless_same_file, sha256
 
 from stablelm_lab import GGUFError, GGUFFile, quants
 from stablelm_lab.mixes.quantize_file import llama_order, quantize_gguf
 from stablelm_lab.mixes.rules import MIXES
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import make_golden_mixes  # noqa: E402
-from golden_files import fail_unless_same_file, sha256  # noqa: E402
+from stablelm_lab.testing import write_golden_source
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "mixes"
 GOLDEN = json.loads((GOLDEN_DIR / "mixes.json").read_text())
@@ -42,7 +39,7 @@ CASES = [("stablelm16", mix) for mix in MIXES] + [
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quantize_sources")
-    return {model: make_golden_mixes.write_source(tmp / f"{model}.gguf", model) for model in GOLDEN["models"]}
+    return {model: write_golden_source(tmp / f"{model}.gguf", model) for model in GOLDEN["models"]}
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,18 @@ tools/make_golden_imatrix.py from llama.cpp built without FMA contraction (see t
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
+from golden_files import fail_unless_same_file, sha256
 
 from stablelm_lab import GGUFFile, quants
 from stablelm_lab.mixes.quantize_file import quantize_gguf
 from stablelm_lab.mixes.rules import MIXES, explain_mix
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
-import make_golden_mixes  # noqa: E402
-from golden_files import fail_unless_same_file, sha256  # noqa: E402
+from stablelm_lab.testing import write_golden_source
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "quantize_imatrix"
 ROW_HASHES = json.loads((GOLDEN_DIR / "rows.json").read_text())
@@ -130,7 +127,7 @@ def read_importance(path: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
-    path = make_golden_mixes.write_source(tmp_path_factory.mktemp("imatrix_source") / "stablelm16.gguf", "stablelm16")
+    path = write_golden_source(tmp_path_factory.mktemp("imatrix_source") / "stablelm16.gguf", "stablelm16")
     assert sha256(np.fromfile(path, np.uint8)) == MIXES_GOLDEN["source_sha256"]
     return path
 

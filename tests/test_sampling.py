@@ -147,29 +147,15 @@ def test_generate_and_cli_defaults_are_the_cards_call():
 def test_generate_draws_from_the_distribution_transformers_generate_draws_from(monkeypatch):
     """The card's call on transformers' StableLmForCausalLM and our generate with its defaults, on the
     embedded default: at every step, the same warped distribution (ours follows transformers' draws)."""
-    import ggufmaker
-
     from stablelm_lab import StableLM, load_tokenizer
     from stablelm_lab.container import default_model
+    from stablelm_lab.testing import transformers_model
 
     generate_module = importlib.import_module("stablelm_lab.text.generate")  # the package's name is the function
 
     path = default_model.embedded_gguf("F16")
     ours = StableLM.from_gguf(path)
-    cfg = ours.config
-    spec = ggufmaker.TinySpec(
-        n_vocab=cfg.n_vocab,
-        n_embd=cfg.n_embd,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_head_kv=cfg.n_head_kv,
-        n_ff=cfg.n_ff,
-        n_ctx=cfg.n_ctx,
-        n_rot=cfg.n_rot,
-        norm_eps=cfg.norm_eps,
-        rope_base=cfg.rope_base,
-    )
-    hf = ggufmaker.transformers_model(path, spec)
+    hf = transformers_model(path, ours.config)
     prompt = load_tokenizer(path).encode("x = ").ids  # a wide next-token distribution: top_k=50 cuts
     torch.manual_seed(0)
     out = hf.generate(

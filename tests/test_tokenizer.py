@@ -6,10 +6,10 @@ from __future__ import annotations
 import unicodedata
 from pathlib import Path
 
-import ggufmaker
 import pytest
 
 from stablelm_lab import GGUFError, GGUFFile, load_tokenizer
+from stablelm_lab.testing import TinySpec, train_neox_tokenizer, write_gguf
 
 TEXTS = [
     "",
@@ -38,13 +38,13 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def original():
-    return ggufmaker.train_neox_tokenizer(vocab_size=1000)
+    return train_neox_tokenizer(vocab_size=1000)
 
 
 @pytest.fixture(scope="module")
 def gguf_path(original, tmp_path_factory):
-    spec = ggufmaker.TinySpec(n_vocab=1024)
-    return ggufmaker.write_gguf(tmp_path_factory.mktemp("tok") / "tok.gguf", spec, tokenizer=original)
+    spec = TinySpec(n_vocab=1024)
+    return write_gguf(tmp_path_factory.mktemp("tok") / "tok.gguf", spec, tokenizer=original)
 
 
 @pytest.fixture(scope="module")
@@ -84,31 +84,27 @@ def test_accepts_an_open_file(gguf_path, original):
 
 
 def test_file_without_pre_key_is_read_as_gpt_neox(original, tmp_path):
-    path = ggufmaker.write_gguf(
-        tmp_path / "old.gguf", ggufmaker.TinySpec(n_vocab=1024), tokenizer=original, tokenizer_pre=None
-    )
+    path = write_gguf(tmp_path / "old.gguf", TinySpec(n_vocab=1024), tokenizer=original, tokenizer_pre=None)
     assert "tokenizer.ggml.pre" not in GGUFFile(path).metadata
     text = unicodedata.normalize("NFD", "Zürich   \tcafé")
     assert load_tokenizer(path).encode(text).ids == original.encode(text).ids
 
 
 def test_a_file_without_a_bpe_tokenizer_is_refused(tmp_path):
-    path = ggufmaker.write_gguf(tmp_path / "none.gguf")
+    path = write_gguf(tmp_path / "none.gguf")
     with pytest.raises(GGUFError, match="only byte-level BPE"):
         load_tokenizer(path)
 
 
 def test_unknown_pre_tokenizer_is_refused(original, tmp_path):
-    path = ggufmaker.write_gguf(
-        tmp_path / "odd.gguf", ggufmaker.TinySpec(n_vocab=1024), tokenizer=original, tokenizer_pre="no-such-pre"
-    )
+    path = write_gguf(tmp_path / "odd.gguf", TinySpec(n_vocab=1024), tokenizer=original, tokenizer_pre="no-such-pre")
     with pytest.raises(GGUFError, match="names the pre-tokenizer 'no-such-pre'"):
         load_tokenizer(path)
 
 
 def test_a_vocabulary_the_library_cannot_build_is_a_gguf_error(tmp_path):
     # merges naming pieces that are not byte-level tokens make tokenizers' Rust code panic
-    path = ggufmaker.write_gguf(tmp_path / "placeholder.gguf", tokenizer="placeholder")
+    path = write_gguf(tmp_path / "placeholder.gguf", tokenizer="placeholder")
     with pytest.raises(GGUFError, match="do not form a valid BPE tokenizer"):
         load_tokenizer(path)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ggufmaker
 import numpy as np
 import pytest
 import torch
@@ -10,6 +9,7 @@ import torch
 from stablelm_lab import GGUFFile, quants
 from stablelm_lab.lab import viz, widgets
 from stablelm_lab.quants.anatomy import block_fields, byte_owner
+from stablelm_lab.testing import TinySpec, uniform, write_gguf
 
 
 def test_byte_owner_follows_the_c_structs():
@@ -50,10 +50,10 @@ def test_fields_table_names_every_field():
 
 @pytest.fixture(scope="module")
 def q8_file(tmp_path_factory):
-    path = ggufmaker.write_gguf(
+    path = write_gguf(
         tmp_path_factory.mktemp("viz") / "q8.gguf",
-        ggufmaker.TinySpec(),
-        types=ggufmaker.uniform(quants.get("Q8_0").qtype),
+        TinySpec(),
+        types=uniform(quants.get("Q8_0").qtype),
     )
     return GGUFFile(path)
 

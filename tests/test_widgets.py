@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 
-import ggufmaker
 import numpy as np
 import plotly.io as pio
 import pytest
@@ -13,6 +12,7 @@ import torch
 
 from stablelm_lab import GGUFFile, quants
 from stablelm_lab.lab import viz, widgets
+from stablelm_lab.testing import TinySpec, uniform, write_gguf
 
 TOKENS = ["import", "Ġos", "Ċ", "Ċ", "def", "Ġread", "_", "file", "(", "path", "):", "Ċ", "ĠĠĠ"]
 
@@ -112,20 +112,20 @@ def test_sample_rows_stay_under_the_budget_and_span_the_tensor():
 # ---- the explorers -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def q8_file(tmp_path_factory):
-    path = ggufmaker.write_gguf(
+    path = write_gguf(
         tmp_path_factory.mktemp("widgets") / "q8.gguf",
-        ggufmaker.TinySpec(),
-        types=ggufmaker.uniform(quants.get("Q8_0").qtype),
+        TinySpec(),
+        types=uniform(quants.get("Q8_0").qtype),
     )
     return GGUFFile(path)
 
 
 @pytest.fixture(scope="module")
 def q4_k_file(tmp_path_factory):
-    path = ggufmaker.write_gguf(
+    path = write_gguf(
         tmp_path_factory.mktemp("widgets") / "q4k.gguf",
-        ggufmaker.TinySpec(),
-        types=ggufmaker.uniform(quants.get("Q4_K").qtype),
+        TinySpec(),
+        types=uniform(quants.get("Q4_K").qtype),
     )
     return GGUFFile(path)
 

@@ -7,32 +7,28 @@ a prompt at once, and generation (one cached forward per new token).
 On a GPU (--device cuda) both models run there, and each time waits for the device's queued work.
 
 The 3B shape is StableLM-3B-4E1T's: 2560 wide, 32 heads, rotary 20 of 80, 6912 FFN, vocab 50304.
-Random weights are written with tests/ggufmaker.py into a temporary float32 GGUF (never committed).
+Random weights are written with stablelm_lab.testing into a temporary float32 GGUF (never committed).
 The whole 32-layer model, its load time and memory, lean mode and llama.cpp: tools/bench_3b.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import ggufmaker  # noqa: E402
-
-from stablelm_lab import StableLM  # noqa: E402
-from stablelm_lab.analysis.bench import device_sync  # noqa: E402
+from stablelm_lab import StableLM
+from stablelm_lab.analysis.bench import device_sync
+from stablelm_lab.testing import TinySpec, transformers_model, write_gguf
 
 
-def shapes(layers: int) -> dict[str, ggufmaker.TinySpec]:
+def shapes(layers: int) -> dict[str, TinySpec]:
     return {
-        "tiny": ggufmaker.TinySpec(),
-        f"3B-shaped, {layers} layers": ggufmaker.TinySpec(
+        "tiny": TinySpec(),
+        f"3B-shaped, {layers} layers": TinySpec(
             n_vocab=50304, n_embd=2560, n_layer=layers, n_head=32, n_head_kv=32, n_ff=6912, n_ctx=4096, n_rot=20
         ),
     }
@@ -72,10 +68,10 @@ def speed(spec, tmp: Path, n_tokens: int, repeats: int, device: str = "cpu", n_n
     """Tokens/s of ours and of transformers, prompt (n_tokens at once) and generation (n_new cached steps
     after an 8-token prompt), best of ``repeats``, the runs interleaved (a shared machine's noise then
     hits both alike)."""
-    path = ggufmaker.write_gguf(tmp / "f32.gguf", spec)
+    path = write_gguf(tmp / "f32.gguf", spec)
     ids = torch.randint(0, spec.n_vocab, (1, n_tokens), device=device)
     ours = StableLM.from_gguf(path, device=device)
-    hf = ggufmaker.transformers_model(path, spec).to(device)
+    hf = transformers_model(path, spec).to(device)
     runs = {
         ("prompt", "ours"): (ours, ids),
         ("prompt", "transformers"): (lambda x: hf(x).logits, ids),

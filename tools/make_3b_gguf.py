@@ -18,14 +18,13 @@ Seconds instead of minutes, for load and speed measurements where a fresh machin
 weights then mean nothing; the logits still agree between runs on the same file).
 
 --tokenizer: "placeholder" (default) writes numbered tokens, enough for llama.cpp to load the file; "neox"
-a small working GPT-NeoX-style BPE (the tests' ``ggufmaker.train_neox_tokenizer``), so that text goes in
+a small working GPT-NeoX-style BPE (``stablelm_lab.testing.train_neox_tokenizer``), so that text goes in
 and out as in the real model (tests/test_notebooks_other_files.py runs the notebooks on such a file).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -34,23 +33,20 @@ import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFWriter
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-import ggufmaker  # noqa: E402
-
-from stablelm_lab import quants  # noqa: E402
-from stablelm_lab.analysis.bench import realistic_blocks  # noqa: E402
-from stablelm_lab.container.gguf_file import TensorInfo  # noqa: E402
-from stablelm_lab.mixes.quantize_file import quantize_gguf  # noqa: E402
-from stablelm_lab.mixes.rules import ModelShape, choose_type, get_mix  # noqa: E402
-from stablelm_lab.train.export import converter_dtype, converter_type  # noqa: E402
+from stablelm_lab import quants
+from stablelm_lab.analysis.bench import realistic_blocks
+from stablelm_lab.container.gguf_file import TensorInfo
+from stablelm_lab.mixes.quantize_file import quantize_gguf
+from stablelm_lab.mixes.rules import ModelShape, choose_type, get_mix
+from stablelm_lab.testing import TinySpec, add_metadata, random_weight_stream, train_neox_tokenizer, weight_shapes
+from stablelm_lab.train.export import converter_dtype, converter_type
 
 MIXES = ("Q4_K_M", "Q8_0", "Q4_0")
 
 
-def stablelm_3b_spec(n_layer: int = 32) -> ggufmaker.TinySpec:
+def stablelm_3b_spec(n_layer: int = 32) -> TinySpec:
     """StableLM-3B-4E1T's hyper-parameters (its config.json), with random weights."""
-    return ggufmaker.TinySpec(
+    return TinySpec(
         n_vocab=50304,
         n_embd=2560,
         n_layer=n_layer,
@@ -64,14 +60,14 @@ def stablelm_3b_spec(n_layer: int = 32) -> ggufmaker.TinySpec:
     )
 
 
-def start_file(path: Path, spec: ggufmaker.TinySpec, table: list[tuple], tokenizer: str = "placeholder") -> GGUFWriter:
+def start_file(path: Path, spec: TinySpec, table: list[tuple], tokenizer: str = "placeholder") -> GGUFWriter:
     """A writer that has written the metadata and the tensor table (GGUFWriter.add_tensor_info's
     arguments for each tensor); the data follows one tensor at a time."""
     writer = GGUFWriter(str(path), "stablelm")
     if tokenizer == "neox":
-        ggufmaker.add_metadata(writer, spec, tokenizer=ggufmaker.train_neox_tokenizer(1000))
+        add_metadata(writer, spec, tokenizer=train_neox_tokenizer(1000))
     elif tokenizer == "placeholder":
-        ggufmaker.add_metadata(writer, spec, tokenizer="placeholder")
+        add_metadata(writer, spec, tokenizer="placeholder")
     else:
         raise ValueError(f"tokenizer {tokenizer!r}: choose 'placeholder' or 'neox'")
     for name, shape, dtype, nbytes, raw_dtype in table:
@@ -82,9 +78,9 @@ def start_file(path: Path, spec: ggufmaker.TinySpec, table: list[tuple], tokeniz
     return writer
 
 
-def write_f16(path: Path, spec: ggufmaker.TinySpec, tokenizer: str = "placeholder") -> Path:
+def write_f16(path: Path, spec: TinySpec, tokenizer: str = "placeholder") -> Path:
     """The F16 file, written tensor by tensor: the table first (names, shapes, sizes), then the data."""
-    shapes = ggufmaker.weight_shapes(spec)
+    shapes = weight_shapes(spec)
     dtypes = {name: np.dtype(converter_type(name, shape)) for name, shape in shapes.items()}
     writer = start_file(
         path,
@@ -97,18 +93,17 @@ def write_f16(path: Path, spec: ggufmaker.TinySpec, tokenizer: str = "placeholde
     )
     from tqdm import tqdm
 
-    for name, w in tqdm(ggufmaker.random_weight_stream(spec), total=len(shapes), desc="F16 tensors"):
+    for name, w in tqdm(random_weight_stream(spec), total=len(shapes), desc="F16 tensors"):
         writer.write_tensor_data(converter_dtype(name, w))
     writer.close()
     return path
 
 
-def write_random_blocks(path: Path, spec: ggufmaker.TinySpec, mix: str, tokenizer: str = "placeholder") -> Path:
+def write_random_blocks(path: Path, spec: TinySpec, mix: str, tokenizer: str = "placeholder") -> Path:
     """The mix's types for every tensor, as random blocks; norms near 1, biases near 0 (float32)."""
     rules, model = get_mix(mix), ModelShape(spec.n_layer, spec.n_head // spec.n_head_kv)
     choices = [
-        choose_type(TensorInfo(name, shape, T.F32, 0, 0), rules, model)
-        for name, shape in ggufmaker.weight_shapes(spec).items()
+        choose_type(TensorInfo(name, shape, T.F32, 0, 0), rules, model) for name, shape in weight_shapes(spec).items()
     ]
     writer = start_file(path, spec, [(c.name, c.shape, np.float32, c.nbytes, c.qtype) for c in choices], tokenizer)
     rng = np.random.default_rng(spec.seed)

@@ -1,7 +1,7 @@
 """Make the golden files that prove quantizing with an importance matrix equal to llama.cpp, byte for byte.
 
     GGML_BASE_LIB=/work/llama/build/bin/libggml-base.so LLAMA_QUANTIZE=/work/llama/build/bin/llama-quantize \\
-        PYTHONPATH=tests .venv/bin/python tools/make_golden_imatrix.py
+        .venv/bin/python tools/make_golden_imatrix.py
 
 (llama.cpp built with -DGGML_NATIVE=OFF, so that ggml-quants.c rounds every float operation on its own, as
 numpy does; see RECIPES.) Writes, under tests/golden/quantize_imatrix/:
@@ -10,7 +10,7 @@ numpy does; see RECIPES.) Writes, under tests/golden/quantize_imatrix/:
 - rows.json: for each of the 11 types whose ggml quantizer reads an importance matrix, each of the twelve
   row characters of tests/golden/quant_rows.npz (8 rows of 512) and each vector, the sha256 (first 32 hex
   digits) of the bytes ggml_quantize_chunk(type, rows, 0, 8, 512, imatrix) wrote;
-- stablelm16.imatrix.gguf: an imatrix for the "stablelm16" model of tools/make_golden_mixes.py in
+- stablelm16.imatrix.gguf: an imatrix for the "stablelm16" model (stablelm_lab.testing.GOLDEN_SOURCES) in
   llama.cpp's imatrix GGUF format (``<tensor>.in_sum2``, ``<tensor>.counts``, ``imatrix.*`` keys), as
   llama-imatrix writes one, written here with gguf-py from a seeded generator (the model's tokenizer is a
   placeholder, so llama-imatrix cannot read text with it); blk.3.attn_k.weight is left out, as a
@@ -32,14 +32,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+# ggml_ref, make_golden_mixes: siblings in tools/ (Python puts the folder of the script it runs first on sys.path)
+import ggml_ref
+import make_golden_mixes
 import numpy as np
 from gguf import GGMLQuantizationType as T
 from gguf import GGUFReader, GGUFWriter
 
-sys.path.insert(0, str(Path(__file__).parent))
-import ggml_ref  # noqa: E402
-import make_golden_mixes  # noqa: E402
-from make_golden_mixes import sha256  # noqa: E402
+from stablelm_lab.testing import sha256, write_golden_source
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "quantize_imatrix"
@@ -127,7 +127,7 @@ def llama_quantize(src: Path, dst: Path, mix: str, cwd: Path) -> None:
 
 
 def mix_goldens(tmp: Path) -> dict:
-    src = make_golden_mixes.write_source(tmp / "stablelm16.gguf", "stablelm16")
+    src = write_golden_source(tmp / "stablelm16.gguf", "stablelm16")
     write_imatrix(GOLDEN / IMATRIX_NAME, collected_tensors(src))
     os.link(GOLDEN / IMATRIX_NAME, tmp / IMATRIX_NAME)
     golden = {"source_sha256": sha256(np.fromfile(src, np.uint8)), "imatrix_file": IMATRIX_NAME, "mixes": {}}

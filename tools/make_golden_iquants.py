@@ -17,16 +17,14 @@ The tests read this file only; they never need llama.cpp.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
+# ggml_ref, make_golden_quants: siblings in tools/ (Python puts the folder of the script it runs first on sys.path)
+import ggml_ref
 import numpy as np
 from gguf import GGML_QUANT_SIZES
 from gguf import GGMLQuantizationType as T
-
-sys.path.insert(0, str(Path(__file__).parent))
-import ggml_ref  # noqa: E402
-from make_golden_quants import row_characters  # noqa: E402
+from make_golden_quants import row_characters
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden" / "iquant_blocks.npz"
 TYPES = [T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]

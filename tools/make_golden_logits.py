@@ -1,9 +1,10 @@
 """Make the golden logits that check the torch StableLM against llama.cpp itself.
 
-    PYTHONPATH=tests /work/llamavenv/bin/python tools/make_golden_logits.py
+    .venv/bin/python tools/make_golden_logits.py
 
-(any environment with numpy, gguf and llama-cpp-python; torch is not needed). Writes under tests/golden/:
-- tiny_model.F32.gguf: a 2-layer random StableLM written by tests/ggufmaker.py (sequential residual,
+(this package's environment with llama-cpp-python importable: tools/make_golden_quants.py shows how).
+Writes under tests/golden/:
+- tiny_model.F32.gguf: a 2-layer random StableLM written by stablelm_lab.testing (sequential residual,
   grouped KV heads, rotary on a quarter of each head),
 - tiny_model.Q8_0.gguf and tiny_model.Q4_K_M.gguf: the same model quantized by llama.cpp's
   llama_model_quantize with its real mixes (Q4_K_M: Q6_K for some attn_v/ffn_down, Q6_K output...),
@@ -16,14 +17,13 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
-import ggufmaker
 import numpy as np
 from gguf import LlamaFileType
 
+from stablelm_lab.testing import TinySpec, write_gguf
+
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
-SPEC = ggufmaker.TinySpec(
-    n_vocab=320, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64, n_rot=16, seed=2026
-)
+SPEC = TinySpec(n_vocab=320, n_embd=256, n_layer=2, n_head=4, n_head_kv=2, n_ff=256, n_ctx=64, n_rot=16, seed=2026)
 MIXES = {"Q8_0": LlamaFileType.MOSTLY_Q8_0, "Q4_K_M": LlamaFileType.MOSTLY_Q4_K_M}
 N_TOKENS = 24
 GGML_TYPE_F32 = 0
@@ -63,7 +63,7 @@ def llama_logits(path: Path, tokens: list[int]) -> np.ndarray:
 
 def main() -> None:
     src = GOLDEN / "tiny_model.F32.gguf"
-    ggufmaker.write_gguf(src, SPEC, tokenizer="placeholder")
+    write_gguf(src, SPEC, tokenizer="placeholder")
     files = {"F32": src}
     for name, ftype in MIXES.items():
         files[name] = GOLDEN / f"tiny_model.{name}.gguf"

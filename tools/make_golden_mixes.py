@@ -1,9 +1,9 @@
 """Make the golden files that check stablelm_lab.mixes.rules and quantize_gguf against llama-quantize itself.
 
-    PYTHONPATH=tests /work/llamavenv/bin/python tools/make_golden_mixes.py [--fma-bound LLAMA_CPP_SOURCE]
+    .venv/bin/python tools/make_golden_mixes.py [--fma-bound LLAMA_CPP_SOURCE]
 
-(any environment with numpy, gguf and llama-cpp-python built from source without FMA contraction; torch
-and this package are not needed). Two small StableLM files, written by tests/ggufmaker.py:
+(this package's environment with llama-cpp-python, built from source without FMA contraction, importable:
+tools/make_golden_quants.py shows how). Two small StableLM files, stablelm_lab.testing's GOLDEN_SOURCES:
 - "stablelm16": StableLM-3B-4E1T's design in small, F16 like a converted release: 16 layers, so every
   layer rule shows (first/last eighth, every third layer, first sixteenth), no grouped KV heads;
 - "gqa12": F32, 12 layers (n/16 = 0), 4 query heads per KV head, and an FFN width of 288 (ffn_down
@@ -25,17 +25,18 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
-import hashlib
 import json
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-import ggufmaker
+# ggml_ref: a sibling in tools/ (Python puts the folder of the script it runs first on sys.path)
+import ggml_ref
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUFReader, LlamaFileType
 from gguf import GGMLQuantizationType as T
+
+from stablelm_lab.testing import GOLDEN_SOURCES, sha256, write_golden_source
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden" / "mixes"
@@ -55,20 +56,6 @@ MIXES = [
     "Q5_K_M",
     "Q6_K",
 ]
-MODELS = {
-    "stablelm16": {
-        "spec": ggufmaker.TinySpec(
-            n_vocab=256, n_embd=256, n_layer=16, n_head=4, n_head_kv=4, n_ff=256, n_ctx=128, seed=16
-        ),
-        "source_type": "F16",
-    },
-    "gqa12": {
-        "spec": ggufmaker.TinySpec(
-            n_vocab=64, n_embd=256, n_layer=12, n_head=4, n_head_kv=1, n_ff=288, n_ctx=128, seed=12
-        ),
-        "source_type": "F32",
-    },
-}
 #: (model, mix, tensor) kept whole in tensors.npz: one of each kind of rule.
 WHOLE_TENSORS = [
     ("stablelm16", "Q4_K_M", "blk.0.attn_v.weight"),  # use_more_bits -> Q6_K
@@ -77,19 +64,6 @@ WHOLE_TENSORS = [
     ("stablelm16", "Q4_0", "output.weight"),  # output head -> Q6_K
     ("gqa12", "Q4_K_M", "blk.0.ffn_down.weight"),
 ]  # Q6_K falls back to Q8_0
-MOSTLY = {"F16": T.F16, "F32": T.F32}
-
-
-def write_source(path: Path, model: str) -> Path:
-    """The model's source file, the same bytes on every run (numpy's PCG64 stream and gguf-py)."""
-    m = MODELS[model]
-    return ggufmaker.write_gguf(
-        path, m["spec"], types=ggufmaker.uniform(MOSTLY[m["source_type"]]), tokenizer="placeholder"
-    )
-
-
-def sha256(data) -> str:
-    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
 
 
 def llama_quantize(src: Path, dst: Path, mix: str) -> None:
@@ -135,18 +109,18 @@ def main() -> None:
     golden = {"llama_cpp_python": llama_cpp.__version__, "mixes": MIXES, "models": {}}
     whole = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for model, m in MODELS.items():
-            src = write_source(Path(tmp) / f"{model}.gguf", model)
+        for model, source in GOLDEN_SOURCES.items():
+            src = write_golden_source(Path(tmp) / f"{model}.gguf", model)
             entry = {
-                "spec": dataclasses.asdict(m["spec"]),
-                "source_type": m["source_type"],
+                "spec": dataclasses.asdict(source.spec),
+                "source_type": source.source_type.name,
                 "source_sha256": sha256(np.fromfile(src, np.uint8)),
                 "mixes": {},
             }
             for mix in MIXES:
                 dst = Path(tmp) / f"{model}.{mix}.gguf"
                 llama_quantize(src, dst, mix)
-                check_llama_cpp_loads(dst, m["spec"].n_vocab)
+                check_llama_cpp_loads(dst, source.spec.n_vocab)
                 entry["mixes"][mix] = {
                     "file_sha256": sha256(np.fromfile(dst, np.uint8)),
                     "file_size": dst.stat().st_size,
@@ -158,7 +132,7 @@ def main() -> None:
                         whole[f"{model}/{mix}/{name}"] = np.array(t.data).view(np.uint8)
             golden["models"][model] = entry
         if args.fma_bound:
-            src = write_source(Path(tmp) / "fma.gguf", "stablelm16")
+            src = write_golden_source(Path(tmp) / "fma.gguf", "stablelm16")
             golden["fma_bound"] = fma_bound(src, build_fma_quants(args.fma_bound / "ggml", Path(tmp)))
     (GOLDEN / "mixes.json").write_text(json.dumps(golden, indent=1) + "\n")
     np.savez_compressed(GOLDEN / "tensors.npz", **whole)
@@ -170,9 +144,6 @@ def main() -> None:
 def fma_bound(src: Path, fma_lib_path: Path) -> dict:
     """Quantize every matrix of ``src`` with ggml's quantize_<type> from the reference build and from an
     FMA build; per type: the share of blocks that differ, and how much their squared error changes."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import ggml_ref
-
     fma_lib = ctypes.CDLL(str(fma_lib_path))
     matrices = [
         np.asarray(t.data, dtype=np.float32).reshape(int(t.shape[1]), int(t.shape[0]))
@@ -228,8 +199,6 @@ def build_fma_quants(ggml: Path, tmp: Path) -> Path:
 
 
 def quantize_with(lib, x: np.ndarray, qtype: T) -> np.ndarray:
-    import ggml_ref
-
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     out = np.zeros(x.size // block_size * type_size, dtype=np.uint8)
     f = getattr(lib, f"quantize_{ggml_ref._ROW_NAME[qtype]}")

@@ -2,7 +2,7 @@
 
     python tools/make_golden_quants.py        # in an environment with llama-cpp-python built from source
     # or its source package over a separate llama.cpp build (diskcache importable, for llama_cpp's __init__):
-    PYTHONPATH=/path/to/llama_cpp_python-0.3.36:tools LLAMA_CPP_LIB_PATH=/path/to/llama.cpp/build/bin \
+    PYTHONPATH=/path/to/llama_cpp_python-0.3.36 LLAMA_CPP_LIB_PATH=/path/to/llama.cpp/build/bin \
         .venv/bin/python tools/make_golden_quants.py
 
 Writes, under tests/golden/:
@@ -23,15 +23,13 @@ own, as numpy does, instead of fusing a*b+c into one FMA.
 from __future__ import annotations
 
 import ctypes
-import sys
 from pathlib import Path
 
+# ggml_ref: a sibling in tools/ (Python puts the folder of the script it runs first on sys.path)
+import ggml_ref
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGUFWriter, LlamaFileType
 from gguf import GGMLQuantizationType as T
-
-sys.path.insert(0, str(Path(__file__).parent))
-import ggml_ref  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent.parent / "tests" / "golden"
 

@@ -1,25 +1,40 @@
-"""Test helper: tiny random StableLM GGUF files, written with gguf-py's GGUFWriter the way llama.cpp's
-converter (convert_hf_to_gguf.py, conversion/stablelm.py) writes them: the same keys, tensor names, shapes
-and tokenizer fields. And the independent references the tests compare against: transformers'
-StableLmForCausalLM holding the very weights gguf-py decodes from the file.
+"""Synthetic StableLM GGUF files of any shape, for tests, tools and trying the notebooks on a big file (as
+numpy.testing and torch.testing serve their packages' tests).
+
+The files are written with gguf-py's GGUFWriter the way llama.cpp's converter (convert_hf_to_gguf.py,
+conversion/stablelm.py) writes them: the hyper-parameter keys and the tokenizer keys through the very
+functions the package's own writer uses (train/export.py), the converter's tensor names and shapes,
+random weights in any ggml type. And the independent reference the tests compare against: transformers'
+StableLmForCausalLM holding the weights gguf-py decodes from the file.
 
     spec = TinySpec(n_rot=16, parallel_residual=True)
     path = write_gguf(tmp_path / "m.gguf", spec, types=q4_k_m_mix)
-    hf = transformers_model(path)           # weights read back with gguf.GGUFReader + gguf.quants.dequantize
+    hf = transformers_model(path, spec)     # weights read back with gguf.GGUFReader + gguf.quants.dequantize
+
+transformers is not a dependency of the package: only ``transformers_model`` needs it.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFWriter, TokenType
 from gguf import GGMLQuantizationType as T
 from gguf import quants as gguf_quants
+from tokenizers import Tokenizer
+
+from .model.config import StableLMConfig
+from .train.corpus import WHITESPACE_RUNS, Document, train_tokenizer
+from .train.export import ARCH, add_hyperparameters, add_tokenizer, converter_type
 
 WEIGHT_STD = 0.05
+#: A tensor's name and shape (numpy order) -> the ggml type it is stored in.
+TypeChooser = Callable[[str, tuple[int, ...]], T]
 
 
 @dataclass(frozen=True)
@@ -83,7 +98,7 @@ def weight_shapes(spec: TinySpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_weight_stream(spec: TinySpec):
+def random_weight_stream(spec: TinySpec) -> Iterator[tuple[str, np.ndarray]]:
     """(name, float32 weights) one tensor at a time, drawn lazily: a 3B-shaped model never sits in memory
     whole. Norm weights near 1 and biases near 0 (a swapped weight and bias would show); the embedding
     has unit variance, every other matrix WEIGHT_STD."""
@@ -99,20 +114,25 @@ def random_weight_stream(spec: TinySpec):
 
 
 # ---- tensor types: which ggml type each tensor is stored in ----------------------------------
-def all_f32(name: str, shape) -> T:
+def all_f32(name: str, shape: tuple[int, ...]) -> T:
     return T.F32
 
 
-def uniform(qtype: T):
+def converter_f16(name: str, shape: tuple[int, ...]) -> T:
+    """convert_hf_to_gguf --outtype f16, by the package's own rule (train/export.py's converter_type)."""
+    return T.F16 if converter_type(name, shape) is np.float16 else T.F32
+
+
+def uniform(qtype: T) -> TypeChooser:
     """Every matrix in qtype, 1-D tensors and norms in F32 (as llama-quantize does)."""
 
-    def choose(name: str, shape) -> T:
+    def choose(name: str, shape: tuple[int, ...]) -> T:
         return qtype if len(shape) == 2 and "_norm" not in name else T.F32
 
     return choose
 
 
-def q4_k_m_mix(name: str, shape) -> T:
+def q4_k_m_mix(name: str, shape: tuple[int, ...]) -> T:
     """A Q4_K_M-like mix: Q4_K, with attn_v/ffn_down in Q6_K, output in Q6_K, token_embd in Q4_K."""
     if len(shape) < 2 or "_norm" in name:
         return T.F32
@@ -121,11 +141,11 @@ def q4_k_m_mix(name: str, shape) -> T:
     return T.Q4_K
 
 
-def every_type_mix(types):
+def every_type_mix(types: Sequence[T]) -> TypeChooser:
     """Matrices cycle through the given types, so one file holds a mix of all of them."""
     counter = iter(range(10**6))
 
-    def choose(name: str, shape) -> T:
+    def choose(name: str, shape: tuple[int, ...]) -> T:
         if len(shape) < 2 or "_norm" in name:
             return T.F32
         return types[next(counter) % len(types)]
@@ -161,7 +181,7 @@ def encode(w: np.ndarray, qtype: T, rng: np.random.Generator) -> np.ndarray:
         return random_blocks(w.shape, qtype, rng)
 
 
-def random_blocks(shape, qtype: T, rng: np.random.Generator) -> np.ndarray:
+def random_blocks(shape: tuple[int, int], qtype: T, rng: np.random.Generator) -> np.ndarray:
     """Random blocks of ``qtype`` whose decoded weights have a standard deviation near WEIGHT_STD."""
     block_size, type_size = GGML_QUANT_SIZES[qtype]
     rows, cols = shape
@@ -178,13 +198,13 @@ def random_blocks(shape, qtype: T, rng: np.random.Generator) -> np.ndarray:
 
 # ---- writing a file --------------------------------------------------------------------------
 def write_gguf(
-    path,
+    path: str | Path,
     spec: TinySpec = TinySpec(),
-    types=all_f32,
-    weights=None,
-    tokenizer=None,
+    types: TypeChooser = all_f32,
+    weights: dict[str, np.ndarray] | None = None,
+    tokenizer: Tokenizer | str | None = None,
     tokenizer_pre: str | None = "olmo",
-    architecture: str = "stablelm",
+    architecture: str = ARCH,
 ) -> Path:
     """Write a StableLM GGUF as llama.cpp's converter does; ``types(name, shape)`` picks each tensor's type.
 
@@ -205,31 +225,30 @@ def write_gguf(
     return Path(path)
 
 
-def add_metadata(writer: GGUFWriter, spec: TinySpec, tokenizer=None, tokenizer_pre: str | None = "olmo") -> None:
-    """The stablelm.* keys and the tokenizer, as the converter writes them."""
+def add_metadata(
+    writer: GGUFWriter, spec: TinySpec, tokenizer: Tokenizer | str | None = None, tokenizer_pre: str | None = "olmo"
+) -> None:
+    """The stablelm.* keys and the tokenizer, as the converter writes them. use_parallel_residual is True
+    whatever the spec's tensors say, as the converter writes it when config.json lacks the key: the tests
+    make that key lie."""
     writer.add_name("tiny-stablelm-test")
-    writer.add_context_length(spec.n_ctx)
-    writer.add_embedding_length(spec.n_embd)
-    writer.add_block_count(spec.n_layer)
-    writer.add_feed_forward_length(spec.n_ff)
-    writer.add_rope_dimension_count(spec.n_rot)
-    writer.add_head_count(spec.n_head)
-    writer.add_head_count_kv(spec.n_head_kv)
-    # the converter writes True when config.json lacks the key, so the key can lie: the tests make it lie
-    writer.add_parallel_residual(True)
-    writer.add_layer_norm_eps(spec.norm_eps)
-    if spec.rope_base is not None:
-        writer.add_rope_freq_base(spec.rope_base)
-    writer.add_file_type(1)
+    add_hyperparameters(writer, spec, parallel_residual=True, rope_base=spec.rope_base)
     if tokenizer == "placeholder":
         add_placeholder_vocab(writer, spec.n_vocab)
     elif tokenizer is not None:
         add_tokenizer(writer, tokenizer, spec.n_vocab, tokenizer_pre)
 
 
-# ---- tokenizer: a GPT-NeoX-style byte-level BPE, written as the converter writes it ----------
-NEOX_SPECIALS = ["<|endoftext|>", "<|padding|>"]
-WHITESPACE_RUNS = [" " * n for n in range(24, 1, -1)]  # GPT-NeoX-20B's added tokens 50254..50276
+def add_placeholder_vocab(writer: GGUFWriter, n_vocab: int) -> None:
+    """Just enough tokenizer for llama.cpp to load the file (the golden runs feed token ids)."""
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("olmo")
+    writer.add_token_list([f"<t{i}>" for i in range(n_vocab)])
+    writer.add_token_types([TokenType.NORMAL] * n_vocab)
+    writer.add_token_merges(["<t1> <t2>"])  # llama.cpp wants at least one merge
+
+
+# ---- a tokenizer: GPT-NeoX-style byte-level BPE, trained as the embedded default's (train/corpus.py) -------
 TRAINING_TEXT = (
     """\
 The quick brown fox jumps over the lazy dog. It's 2024, and we'll see what they've done.
@@ -242,73 +261,50 @@ Emoji 😀🚀🎉 and math ∑ ∫ √ ≤ ≥ ≠ ∞. Numbers: 3.14159, 2,718
 )
 
 
-def train_neox_tokenizer(vocab_size: int = 400):
+def train_neox_tokenizer(vocab_size: int = 400) -> Tokenizer:
     """A small tokenizer shaped like GPT-NeoX-20B's (StableLM-3B-4E1T's): NFC, byte-level BPE,
-    <|endoftext|> and <|padding|> as ids 0 and 1, whitespace runs as added (non-special) tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=NEOX_SPECIALS,
-        show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(TRAINING_TEXT.splitlines(), trainer=trainer)
-    tok.add_tokens([AddedToken(ws, normalized=True, special=False) for ws in WHITESPACE_RUNS])
-    return tok
+    <|endoftext|> and <|padding|> as ids 0 and 1, whitespace runs as added (non-special) tokens after
+    ``vocab_size`` BPE tokens. The recipe of the embedded default's tokenizer, on TRAINING_TEXT."""
+    lines = [Document(f"line {i}", line, english=True) for i, line in enumerate(TRAINING_TEXT.splitlines())]
+    return train_tokenizer(lines, vocab_size + len(WHITESPACE_RUNS))
 
 
-def _looks_special(token: str) -> bool:  # the converter's does_token_look_special, in short
-    return (token.startswith("<|") and token.endswith("|>")) or (token.startswith("<") and token.endswith(">"))
+# ---- the golden sources: the files llama.cpp quantized for tests/golden/mixes/ and quantize_imatrix/ --------
+@dataclass(frozen=True)
+class GoldenSource:
+    spec: TinySpec
+    source_type: T  # every matrix in it (F16 like a converted release, or F32)
 
 
-def add_tokenizer(writer: GGUFWriter, tok, n_vocab: int, pre: str | None) -> None:
-    """tokenizer.ggml.* as convert_hf_to_gguf.py's _set_vocab_gpt2 writes them."""
-    vocab = tok.get_vocab(with_added_tokens=True)
-    reverse = {i: t for t, i in vocab.items()}
-    added = tok.get_added_tokens_decoder()
-    assert max(reverse) < n_vocab
-    tokens, types = [], []
-    for i in range(n_vocab):
-        if i not in reverse:
-            tokens.append(f"[PAD{i}]")
-            types.append(TokenType.UNUSED)
-            continue
-        tokens.append(reverse[i])
-        if i in added:
-            special = added[i].special or _looks_special(reverse[i])
-            types.append(TokenType.CONTROL if special else TokenType.USER_DEFINED)
-        else:
-            types.append(TokenType.NORMAL)
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    writer.add_tokenizer_model("gpt2")
-    if pre is not None:  # files converted before llama.cpp had the key lack it
-        writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    eot = vocab["<|endoftext|>"]
-    writer.add_bos_token_id(eot)
-    writer.add_eos_token_id(eot)
-    writer.add_unk_token_id(eot)
-    writer.add_pad_token_id(vocab["<|padding|>"])
+GOLDEN_SOURCES = {
+    # StableLM-3B-4E1T's design in small: 16 layers, so every layer rule of the mixes shows (first/last
+    # eighth, every third layer, first sixteenth), no grouped KV heads
+    "stablelm16": GoldenSource(
+        TinySpec(n_vocab=256, n_embd=256, n_layer=16, n_head=4, n_head_kv=4, n_ff=256, n_ctx=128, seed=16), T.F16
+    ),
+    # 12 layers (n/16 = 0), 4 query heads per KV head, and ffn_down rows of 288 that do not fit 256-weight
+    # blocks (the fallbacks)
+    "gqa12": GoldenSource(
+        TinySpec(n_vocab=64, n_embd=256, n_layer=12, n_head=4, n_head_kv=1, n_ff=288, n_ctx=128, seed=12), T.F32
+    ),
+}
 
 
-def add_placeholder_vocab(writer: GGUFWriter, n_vocab: int) -> None:
-    """Just enough tokenizer for llama.cpp to load the file (the golden runs feed token ids)."""
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("olmo")
-    writer.add_token_list([f"<t{i}>" for i in range(n_vocab)])
-    writer.add_token_types([TokenType.NORMAL] * n_vocab)
-    writer.add_token_merges(["<t1> <t2>"])  # llama.cpp wants at least one merge
+def write_golden_source(path: str | Path, model: str) -> Path:
+    """The golden model's source file, the same bytes on every run (numpy's PCG64 stream and gguf-py):
+    the tests check its sha256 against the one llama.cpp quantized."""
+    source = GOLDEN_SOURCES[model]
+    return write_gguf(path, source.spec, types=uniform(source.source_type), tokenizer="placeholder")
+
+
+def sha256(data: np.ndarray | bytes) -> str:
+    """The sha256 of an array's bytes (a file read with np.fromfile, a tensor's blocks), as golden records
+    hold it."""
+    return hashlib.sha256(memoryview(np.ascontiguousarray(data)).cast("B")).hexdigest()
 
 
 # ---- the independent reference: transformers on the weights gguf-py reads back ----------------
-def read_back(path) -> dict[str, np.ndarray]:
+def read_back(path: str | Path) -> dict[str, np.ndarray]:
     """Every tensor of the file as float32, read with gguf.GGUFReader and decoded by gguf.quants."""
     out = {}
     for t in GGUFReader(str(path)).tensors:
@@ -318,6 +314,8 @@ def read_back(path) -> dict[str, np.ndarray]:
 
 
 def hf_name(name: str) -> str:
+    """A GGUF tensor's name in transformers' StableLmForCausalLM ("blk.0.attn_q.weight" ->
+    "model.layers.0.self_attn.q_proj.weight")."""
     parts = name.split(".")
     top = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
     if parts[0] in top:
@@ -336,10 +334,14 @@ def hf_name(name: str) -> str:
     return f"model.layers.{parts[1]}.{layer[parts[2]]}.{parts[3]}"
 
 
-def transformers_model(path, spec: TinySpec):
-    """transformers' StableLmForCausalLM (float32, eager attention) holding the file's decoded weights."""
-    import torch
-    from transformers import StableLmConfig, StableLmForCausalLM
+def transformers_model(path: str | Path, spec: TinySpec | StableLMConfig) -> torch.nn.Module:
+    """transformers' StableLmForCausalLM (float32, eager attention) holding the file's decoded weights;
+    its shape from the spec the file was written with, or from the config our reader read (a file made
+    elsewhere)."""
+    try:  # not a dependency of the package: the tests' extra (pip install -e '.[test]') has it
+        from transformers import StableLmConfig, StableLmForCausalLM
+    except ImportError as e:
+        raise ImportError("transformers_model needs transformers: pip install 'stablelm-lab[test]'") from e
 
     config = StableLmConfig(
         vocab_size=spec.n_vocab,
