@@ -21,7 +21,7 @@ PARTS = ["quants", "container", "model", "mixes", "text", "analysis", "lab", "tr
 HARD_DEPENDENCIES = {"numpy", "torch", "gguf", "tokenizers", "tqdm", "plotly", "ipywidgets", "anywidget"}
 # where an import inside a function is the point, and why
 LAZY_IMPORTS_ALLOWED = {
-    "stablelm_lab.cli": "each command imports what it needs, so `stablelm-lab --help` answers without torch",
+    "stablelm_lab.cli": "each command imports what it needs, so `stablelm-lab --help` answers without torch"
 }
 
 

@@ -22,9 +22,7 @@ QUOTED = re.compile(
 NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
 
 #: numbers the prose may quote without an output showing them, each with where it comes from
-FROM_SOURCES = {
-    ("6", "dB"): "20·log10(2) = 6.02 dB per bit: a hand derivation",
-}
+FROM_SOURCES = {("6", "dB"): "20·log10(2) = 6.02 dB per bit: a hand derivation"}
 
 
 def load(path: Path) -> dict:

@@ -28,12 +28,7 @@ GQA_512 = TinySpec(n_vocab=512, n_embd=512, n_layer=2, n_head=8, n_head_kv=2, n_
 def other_file(request, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
     if request.param == "gqa-512-2L":
-        return write_gguf(
-            folder / "gqa-512-2L.gguf",
-            GQA_512,
-            types=q4_k_m_mix,
-            tokenizer=train_neox_tokenizer(400),
-        )
+        return write_gguf(folder / "gqa-512-2L.gguf", GQA_512, types=q4_k_m_mix, tokenizer=train_neox_tokenizer(400))
     subprocess.run(
         [
             sys.executable,

@@ -50,11 +50,7 @@ def test_fields_table_names_every_field():
 
 @pytest.fixture(scope="module")
 def q8_file(tmp_path_factory):
-    path = write_gguf(
-        tmp_path_factory.mktemp("viz") / "q8.gguf",
-        TinySpec(),
-        types=uniform(quants.get("Q8_0").qtype),
-    )
+    path = write_gguf(tmp_path_factory.mktemp("viz") / "q8.gguf", TinySpec(), types=uniform(quants.get("Q8_0").qtype))
     return GGUFFile(path)
 
 

@@ -113,9 +113,7 @@ def test_sample_rows_stay_under_the_budget_and_span_the_tensor():
 @pytest.fixture(scope="module")
 def q8_file(tmp_path_factory):
     path = write_gguf(
-        tmp_path_factory.mktemp("widgets") / "q8.gguf",
-        TinySpec(),
-        types=uniform(quants.get("Q8_0").qtype),
+        tmp_path_factory.mktemp("widgets") / "q8.gguf", TinySpec(), types=uniform(quants.get("Q8_0").qtype)
     )
     return GGUFFile(path)
 
@@ -123,9 +121,7 @@ def q8_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def q4_k_file(tmp_path_factory):
     path = write_gguf(
-        tmp_path_factory.mktemp("widgets") / "q4k.gguf",
-        TinySpec(),
-        types=uniform(quants.get("Q4_K").qtype),
+        tmp_path_factory.mktemp("widgets") / "q4k.gguf", TinySpec(), types=uniform(quants.get("Q4_K").qtype)
     )
     return GGUFFile(path)
 

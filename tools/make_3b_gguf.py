@@ -25,6 +25,7 @@ and out as in the real model (tests/test_notebooks_other_files.py runs the noteb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -38,6 +39,7 @@ from stablelm_lab.analysis.bench import realistic_blocks
 from stablelm_lab.container.gguf_file import TensorInfo
 from stablelm_lab.mixes.quantize_file import quantize_gguf
 from stablelm_lab.mixes.rules import ModelShape, choose_type, get_mix
+from stablelm_lab.model.config import STABLELM_3B_4E1T
 from stablelm_lab.testing import TinySpec, add_metadata, random_weight_stream, train_neox_tokenizer, weight_shapes
 from stablelm_lab.train.export import converter_dtype, converter_type
 
@@ -46,18 +48,8 @@ MIXES = ("Q4_K_M", "Q8_0", "Q4_0")
 
 def stablelm_3b_spec(n_layer: int = 32) -> TinySpec:
     """StableLM-3B-4E1T's hyper-parameters (its config.json), with random weights."""
-    return TinySpec(
-        n_vocab=50304,
-        n_embd=2560,
-        n_layer=n_layer,
-        n_head=32,
-        n_head_kv=32,
-        n_ff=6912,
-        n_ctx=4096,
-        n_rot=20,
-        norm_eps=1e-5,
-        rope_base=10000.0,
-    )
+    fields = {f.name: getattr(STABLELM_3B_4E1T, f.name) for f in dataclasses.fields(TinySpec) if f.name != "seed"}
+    return TinySpec(**(fields | {"n_layer": n_layer}))
 
 
 def start_file(path: Path, spec: TinySpec, table: list[tuple], tokenizer: str = "placeholder") -> GGUFWriter:

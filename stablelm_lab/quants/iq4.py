@@ -143,10 +143,7 @@ class IQ4_XS(QuantFormat):
         ls = _six_bit_scales(blocks["scales_l"], blocks["scales_h"])
         dl = blocks["d"].astype(np.float32)[:, None] * _SCALE_MINUS_32[ls]  # (n, 8)
         return decode_nibble_pairs(
-            self.field(blocks, "qs").reshape(n * 8, 16),
-            dl.reshape(n * 8),
-            NIBBLE_VALUES,
-            self.weights_for(blocks, out),
+            self.field(blocks, "qs").reshape(n * 8, 16), dl.reshape(n * 8), NIBBLE_VALUES, self.weights_for(blocks, out)
         )
 
     def dequantize_blocks_torch(self, blocks: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
