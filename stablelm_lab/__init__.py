@@ -1,10 +1,11 @@
 """stablelm-lab: open a StableLM GGUF file and see everything inside, step by step.
 
-The parts, in the order the data flows; each imports only from the parts above it
+The parts, in the order of their imports; each imports only from the parts above it
 (tests/test_architecture.py holds them to it):
 
-    container/  a GGUF file's bytes: metadata, tensor table, raw blocks
     quants/     every ggml type: block layout, readable and fast decoders, llama.cpp's quantizers
+                (knows nothing of files: a format turns blocks of bytes into weights and back)
+    container/  a GGUF file's bytes: metadata, tensor table, raw blocks, handed to quants/ to decode
     model/      StableLM in torch: its config, its math, how its weights are held, loading from GGUF
     mixes/      llama.cpp's recipes (Q4_K_M, ...) for a whole file, and llama-quantize's output
     text/       tokenizer, sampling, generation
