@@ -13,6 +13,7 @@ import sysconfig
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from pydoc_data.topics import topics
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -49,8 +50,6 @@ def _is_source(rel: Path) -> bool:
 
 
 def reference_topics() -> list[Document]:
-    from pydoc_data.topics import topics
-
     return [Document(f"topics/{name}", text, english=True) for name, text in sorted(topics.items())]
 
 
