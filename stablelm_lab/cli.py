@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. piped into `head`
         sys.stderr.close()
         return 0
-    except Exception as e:  # noqa: BLE001 -- the promise: one line, never a traceback
+    except Exception as e:  # the promise: one line, never a traceback
         if os.environ.get("STABLELM_LAB_DEBUG"):
             raise
         print(f"{PROG} {args.command}: error: {_message(e)}", file=sys.stderr)
