@@ -122,6 +122,12 @@ def _signs(byte: int, count: int = 8) -> np.ndarray:
     return _SIGN_PATTERNS[int(byte) & 0xFF, :count]
 
 
+def _nibble_scales(d: np.float32, scale: int) -> tuple[np.float32, np.float32]:
+    """IQ2_XS, IQ2_S, one group of 32 weights: d·(0.5 + s)·0.25 for the low nibble s (its first 16 weights)
+    and for the high nibble (the other 16)."""
+    return d * np.float32(0.5 + (scale & 0xF)) * np.float32(0.25), d * np.float32(0.5 + (scale >> 4)) * np.float32(0.25)
+
+
 def _scaled(table: np.ndarray, index: Array, scale: Array, out: Array) -> Array:
     """out = scale · table[index]: index (n, g, k) into rows of ``width`` values, scale (n, g) float32,
     out (n, g·k·width). One lookup per group, one product written straight into out."""
@@ -231,11 +237,7 @@ class IQ2_XS(QuantFormat):
         d = np.float32(block["d"])
         y = np.empty(256, dtype=np.float32)
         for ib32 in range(8):
-            scale = int(block["scales"][ib32])
-            db = [
-                d * np.float32(0.5 + (scale & 0xF)) * np.float32(0.25),
-                d * np.float32(0.5 + (scale >> 4)) * np.float32(0.25),
-            ]
+            db = _nibble_scales(d, int(block["scales"][ib32]))
             for l in range(4):
                 q = int(block["qs"][4 * ib32 + l])
                 grid, signs = _IQ2XS[q & 511], _signs(_KSIGNS[q >> 9])
@@ -276,11 +278,7 @@ class IQ2_S(QuantFormat):
         qs, signs, qh = block["qs"][:32], block["qs"][32:], block["qh"]
         y = np.empty(256, dtype=np.float32)
         for ib32 in range(8):
-            scale = int(block["scales"][ib32])
-            db = [
-                d * np.float32(0.5 + (scale & 0xF)) * np.float32(0.25),
-                d * np.float32(0.5 + (scale >> 4)) * np.float32(0.25),
-            ]
+            db = _nibble_scales(d, int(block["scales"][ib32]))
             for l in range(4):
                 index = int(qs[4 * ib32 + l]) | ((int(qh[ib32]) >> 2 * l) & 3) << 8
                 grid = _IQ2S[index]
